@@ -1,0 +1,334 @@
+//! The machinery both engines share: backend calls with retries, chunking, and the write
+//! pipeline that marks the index, writes records in throttled batches, and confirms the index.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::CacheBackend;
+use crate::error::{Error, Result};
+use crate::index::{IndexChanges, IndexEntry, IndexSnapshot};
+use crate::key::{ContentHash, Namespace};
+use crate::record::Record;
+use crate::report::Failure;
+use crate::scan::SourceFile;
+use crate::source::{Loaded, Source};
+use crate::throttle::{Limiters, RetryPolicy, Throttle, batches};
+
+/// Everything an engine run needs: backend, namespace, source and load limits.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub backend: Arc<dyn CacheBackend>,
+    pub namespace: Namespace,
+    pub source: Arc<Source>,
+    pub throttle: Throttle,
+    pub retry: RetryPolicy,
+    pub limiters: Limiters,
+}
+
+/// What the write pipeline did.
+#[derive(Debug, Default)]
+pub(crate) struct WriteOutcome {
+    /// Names written, with their new index entries.
+    pub written: Vec<(String, IndexEntry)>,
+    /// Names whose content already matched the cache.
+    pub unchanged: Vec<(String, IndexEntry)>,
+    /// Names that failed.
+    pub failed: Vec<Failure>,
+    /// Encoded bytes written.
+    pub bytes: u64,
+}
+
+impl Ctx {
+    pub fn new(
+        backend: Arc<dyn CacheBackend>,
+        namespace: Namespace,
+        source: Arc<Source>,
+        throttle: Throttle,
+        retry: RetryPolicy,
+    ) -> Result<Self> {
+        let limiters = Limiters::new(&throttle)?;
+        Ok(Ctx {
+            backend,
+            namespace,
+            source,
+            throttle,
+            retry,
+            limiters,
+        })
+    }
+
+    /// Keys per backend batch call.
+    pub fn chunk(&self) -> usize {
+        let cap = self
+            .backend
+            .capabilities()
+            .batch_max_keys
+            .unwrap_or(usize::MAX);
+        self.throttle.batch_max_templates.min(cap).max(1)
+    }
+
+    /// Loads the index with retries; a namespace without one yields an empty snapshot.
+    pub async fn load_index(&self) -> Result<(IndexSnapshot, bool)> {
+        let (r, _) = self
+            .retry
+            .run(|| self.backend.load_index(&self.namespace))
+            .await;
+        let r =
+            r.map_err(|e| e.context(format!("reading the index of namespace {}", self.namespace)))?;
+        Ok(match r {
+            Some(s) => (s, true),
+            None => (IndexSnapshot::default(), false),
+        })
+    }
+
+    /// Applies index changes with retries.
+    pub async fn update_index(&self, changes: &IndexChanges) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let (r, _) = self
+            .retry
+            .run(|| self.backend.update_index(&self.namespace, changes))
+            .await;
+        r.map_err(|e| {
+            e.context(format!(
+                "updating the index of namespace {}",
+                self.namespace
+            ))
+        })
+    }
+
+    /// Runs `op` over `keys` in chunks, `concurrency` chunks at a time, with retries; returns the
+    /// per-chunk results in input order.
+    pub async fn chunked<T, F, Fut>(
+        &self,
+        keys: &[String],
+        op: F,
+    ) -> Vec<(std::ops::Range<usize>, Result<Vec<T>>)>
+    where
+        F: Fn(Vec<String>) -> Fut + Clone,
+        Fut: std::future::Future<Output = Result<Vec<T>>>,
+    {
+        let chunk = self.chunk();
+        let ranges: Vec<_> = (0..keys.len())
+            .step_by(chunk)
+            .map(|s| s..(s + chunk).min(keys.len()))
+            .collect();
+        futures_util::stream::iter(ranges)
+            .map(|range| {
+                let op = op.clone();
+                let slice = keys[range.clone()].to_vec();
+                async move {
+                    self.limiters.admit(0, 0).await;
+                    let (r, _) = self.retry.run(|| op(slice.clone())).await;
+                    (range, r)
+                }
+            })
+            .buffered(self.throttle.concurrency)
+            .collect()
+            .await
+    }
+
+    /// Hashes every file, reading only those whose fingerprint changed. Returns the hashes by
+    /// name and the files that could not be read.
+    pub async fn hash_all(
+        &self,
+        files: &[SourceFile],
+    ) -> (HashMap<String, ContentHash>, Vec<Failure>) {
+        let mut hashes = HashMap::with_capacity(files.len());
+        let mut to_read = Vec::new();
+        for f in files {
+            match self.source.known_hash(f) {
+                Some(h) => {
+                    hashes.insert(f.name.clone(), h);
+                }
+                None => to_read.push(f.clone()),
+            }
+        }
+        let groups = batches(
+            to_read,
+            self.throttle.batch_max_templates,
+            self.throttle.batch_max_bytes,
+            |f| f.fingerprint.size as usize,
+        );
+        let mut failed = Vec::new();
+        let mut stream = futures_util::stream::iter(groups)
+            .map(|g| self.source.load_many(g))
+            .buffer_unordered(self.throttle.concurrency.min(4));
+        while let Some(results) = stream.next().await {
+            for (f, r) in results {
+                match r {
+                    Ok(l) => {
+                        hashes.insert(f.name, l.hash);
+                    }
+                    Err(e) => failed.push(Failure::new(f.name, &e, 1)),
+                }
+            }
+        }
+        (hashes, failed)
+    }
+
+    /// Writes `files` (in the given order) through the index protocol: mark them pending,
+    /// write records in throttled batches, then confirm written and unchanged ones.
+    ///
+    /// `previous` holds each name's index entry before the run; `trusted` names whose cached
+    /// entry is known to hold `previous[name].hash`, so an unchanged hash skips the write.
+    /// Batches not started when `cancel` fires are left pending.
+    pub async fn write_files(
+        &self,
+        files: Vec<SourceFile>,
+        previous: &HashMap<String, IndexEntry>,
+        trusted: &std::collections::HashSet<String>,
+        cancel: &CancellationToken,
+    ) -> Result<WriteOutcome> {
+        let mut out = WriteOutcome::default();
+        if files.is_empty() {
+            return Ok(out);
+        }
+        let pending = IndexChanges {
+            upserts: files
+                .iter()
+                .map(|f| {
+                    let prev = previous.get(&f.name);
+                    let entry = IndexEntry {
+                        hash: prev.map(|e| e.hash).unwrap_or_default(),
+                        size: prev.map_or(f.fingerprint.size, |e| e.size),
+                        pending: true,
+                    };
+                    (f.name.clone(), entry)
+                })
+                .collect(),
+            removals: Vec::new(),
+        };
+        self.update_index(&pending).await?;
+
+        let groups = batches(
+            files,
+            self.throttle.batch_max_templates.min(self.chunk()),
+            self.throttle.batch_max_bytes,
+            |f| f.fingerprint.size as usize + f.name.len() + 64,
+        );
+        let mut stream = futures_util::stream::iter(groups)
+            .take_while(|_| std::future::ready(!cancel.is_cancelled()))
+            .map(|group| self.write_batch(group, previous, trusted))
+            .buffer_unordered(self.throttle.concurrency);
+        while let Some(b) = stream.next().await {
+            out.written.extend(b.written);
+            out.unchanged.extend(b.unchanged);
+            out.failed.extend(b.failed);
+            out.bytes += b.bytes;
+        }
+        drop(stream);
+
+        let confirm = IndexChanges {
+            upserts: out.written.iter().chain(&out.unchanged).cloned().collect(),
+            removals: Vec::new(),
+        };
+        if let Err(e) = self.update_index(&confirm).await {
+            // The entries were written but stay marked pending: a check verifies them by content.
+            tracing::error!(error = %e, "could not confirm written templates in the index");
+            out.failed
+                .push(Failure::new("(index)".into(), &e, self.retry.max_attempts));
+        }
+        Ok(out)
+    }
+
+    async fn write_batch(
+        &self,
+        group: Vec<SourceFile>,
+        previous: &HashMap<String, IndexEntry>,
+        trusted: &std::collections::HashSet<String>,
+    ) -> WriteOutcome {
+        let mut out = WriteOutcome::default();
+        let loaded = self.source.load_many(group).await;
+        let caps = self.backend.capabilities();
+        let now = crate::now_ns();
+        let mut entries: Vec<(String, Bytes)> = Vec::new();
+        let mut names: Vec<(String, IndexEntry)> = Vec::new();
+        for (f, r) in loaded {
+            let Loaded {
+                content,
+                hash,
+                mtime_ns,
+            } = match r {
+                Ok(l) => l,
+                Err(e) => {
+                    out.failed.push(Failure::new(f.name, &e, 1));
+                    continue;
+                }
+            };
+            let entry = IndexEntry {
+                hash,
+                size: content.len() as u64,
+                pending: false,
+            };
+            if trusted.contains(&f.name) && previous.get(&f.name).is_some_and(|p| p.hash == hash) {
+                out.unchanged.push((f.name, entry));
+                continue;
+            }
+            let key = self.namespace.key_for(&f.name);
+            let encoded = match Record::new(f.name.clone(), content, mtime_ns, now).encode() {
+                Ok(v) => v,
+                Err(e) => {
+                    out.failed.push(Failure::new(f.name, &e, 1));
+                    continue;
+                }
+            };
+            if let Err(e) = caps.check_value_len(&key, encoded.len()) {
+                out.failed
+                    .push(Failure::new(f.name.clone(), &e.context(&f.name), 1));
+                continue;
+            }
+            entries.push((key, encoded));
+            names.push((f.name, entry));
+        }
+        if entries.is_empty() {
+            return out;
+        }
+        let bytes: usize = entries.iter().map(|(_, v)| v.len()).sum();
+        self.limiters.admit(entries.len(), bytes).await;
+        let (r, attempts) = self.retry.run(|| self.backend.set_many(&entries)).await;
+        match r {
+            Ok(()) => {
+                out.bytes = bytes as u64;
+                out.written = names;
+            }
+            Err(e) if !e.is_temporary() && entries.len() > 1 => {
+                // A permanent batch error may come from one bad entry: isolate it.
+                tracing::debug!(error = %e, "batch write failed permanently; writing one by one");
+                for ((key, value), (name, entry)) in entries.into_iter().zip(names) {
+                    let len = value.len() as u64;
+                    let (r, attempts) = self
+                        .retry
+                        .run(|| self.backend.set(&key, value.clone()))
+                        .await;
+                    match r {
+                        Ok(()) => {
+                            out.bytes += len;
+                            out.written.push((name, entry));
+                        }
+                        Err(e) => out.failed.push(Failure::new(name, &e, attempts + 1)),
+                    }
+                }
+            }
+            Err(e) => {
+                for (name, _) in names {
+                    out.failed.push(Failure::new(name, &e, attempts));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Turns a per-chunk error into one error entry per name in the chunk.
+pub(crate) fn chunk_failures(names: &[String], e: &Error) -> Vec<Failure> {
+    names
+        .iter()
+        .map(|n| Failure::new(n.clone(), e, 0))
+        .collect()
+}

@@ -1,0 +1,426 @@
+//! Walking the template tree: names, filters, symlink confinement and file fingerprints.
+
+use std::path::{Component, Path, PathBuf};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The default maximum template size: 1 MiB.
+pub const DEFAULT_MAX_TEMPLATE_BYTES: u64 = 1024 * 1024;
+
+/// Where templates come from and which files count.
+#[derive(Clone, Debug)]
+pub struct SourceConfig {
+    /// The template root directory.
+    pub root: PathBuf,
+    /// Glob patterns (on template names) a file must match; empty means every file.
+    pub include: Vec<String>,
+    /// Glob patterns (on template names) that exclude a file.
+    pub exclude: Vec<String>,
+    /// Files larger than this are per-template errors.
+    pub max_template_bytes: u64,
+    /// Re-hash every file instead of trusting unchanged fingerprints.
+    pub checksum: bool,
+    /// Where fingerprints persist between runs (a local file); `None` keeps them in memory only.
+    pub state_path: Option<PathBuf>,
+}
+
+impl SourceConfig {
+    /// A configuration for `root` with every default.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        SourceConfig {
+            root: root.into(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            max_template_bytes: DEFAULT_MAX_TEMPLATE_BYTES,
+            checksum: false,
+            state_path: None,
+        }
+    }
+}
+
+/// The identity of a file version as `stat` sees it; if it is unchanged the content is assumed
+/// unchanged. ctime catches rewrites that preserve mtime and size (`cp -p`, `touch -r`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fingerprint {
+    /// Device number.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Status change time, nanoseconds since the Unix epoch.
+    pub ctime_ns: i64,
+}
+
+impl Fingerprint {
+    /// The fingerprint of `meta`.
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            Fingerprint {
+                dev: meta.dev(),
+                ino: meta.ino(),
+                size: meta.size(),
+                mtime_ns: meta
+                    .mtime()
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(meta.mtime_nsec()),
+                ctime_ns: meta
+                    .ctime()
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(meta.ctime_nsec()),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let mtime_ns = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos() as i64);
+            Fingerprint {
+                dev: 0,
+                ino: 0,
+                size: meta.len(),
+                mtime_ns,
+                ctime_ns: mtime_ns,
+            }
+        }
+    }
+}
+
+/// One template file found by a scan.
+#[derive(Clone, Debug)]
+pub struct SourceFile {
+    /// The template name: path relative to the root, `/`-separated.
+    pub name: String,
+    /// The path to read it from.
+    pub path: PathBuf,
+    /// Its fingerprint when scanned.
+    pub fingerprint: Fingerprint,
+}
+
+/// A file that could not be taken as a template, with the reason.
+#[derive(Clone, Debug)]
+pub struct ScanFailure {
+    /// The template name (lossy if the path is not UTF-8).
+    pub name: String,
+    /// Why it was refused.
+    pub error: Error,
+}
+
+/// The result of walking the tree: templates sorted by name, and per-file failures.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Files accepted as templates.
+    pub files: Vec<SourceFile>,
+    /// Files refused, each with its error.
+    pub failures: Vec<ScanFailure>,
+}
+
+/// Compiled include/exclude patterns.
+#[derive(Clone, Debug)]
+pub struct Filter {
+    include: Option<GlobSet>,
+    exclude: GlobSet,
+}
+
+/// Compiles glob patterns, naming the setting and pattern in any error.
+pub fn compile_globs(setting: &str, patterns: &[String]) -> Result<GlobSet> {
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        let glob = Glob::new(p).map_err(|e| {
+            Error::new(
+                ErrorKind::ConfigInvalid,
+                format!("{setting} pattern {p:?} is invalid: {e}"),
+            )
+        })?;
+        b.add(glob);
+    }
+    b.build()
+        .map_err(|e| Error::new(ErrorKind::ConfigInvalid, format!("{setting} patterns: {e}")))
+}
+
+impl Filter {
+    /// Compiles the include and exclude patterns of `config`.
+    pub fn new(config: &SourceConfig) -> Result<Self> {
+        let include = if config.include.is_empty() {
+            None
+        } else {
+            Some(compile_globs("include", &config.include)?)
+        };
+        Ok(Filter {
+            include,
+            exclude: compile_globs("exclude", &config.exclude)?,
+        })
+    }
+
+    /// Whether template `name` is selected.
+    pub fn accepts(&self, name: &str) -> bool {
+        self.include.as_ref().is_none_or(|g| g.is_match(name)) && !self.exclude.is_match(name)
+    }
+}
+
+/// Walks `config.root` and returns every selected template, sorted by name.
+///
+/// A missing or unreadable root is an error. Anything wrong with one file (unreadable, a
+/// non-UTF-8 name, too large, a symlink leading out of the root) is a [`ScanFailure`] for that
+/// file alone. Symlinks to files inside the root are followed; symlinks to directories are not
+/// descended into (their files are reached through their real path).
+pub fn scan(config: &SourceConfig, filter: &Filter) -> Result<Scan> {
+    let root = std::fs::canonicalize(&config.root)
+        .map_err(|e| Error::io(&config.root, e).context("template root"))?;
+    if !root.is_dir() {
+        return Err(Error::new(
+            ErrorKind::ConfigInvalid,
+            format!("template root {} is not a directory", config.root.display()),
+        ));
+    }
+    let mut out = Scan::default();
+    let walker = walkdir::WalkDir::new(&root)
+        .follow_links(false)
+        .sort_by_file_name();
+    for entry in walker {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                let name = e
+                    .path()
+                    .map(|p| lossy_name(&root, p))
+                    .unwrap_or_else(|| "<unknown>".into());
+                let err = match e.into_io_error() {
+                    Some(io) => Error::io(Path::new(&name), io),
+                    None => Error::new(ErrorKind::Io, format!("{name}: filesystem loop")),
+                };
+                if name.is_empty() {
+                    return Err(err.context("template root"));
+                }
+                out.failures.push(ScanFailure { name, error: err });
+                continue;
+            }
+        };
+        if entry.depth() == 0 || entry.file_type().is_dir() {
+            continue;
+        }
+        let name = match template_name(&root, entry.path()) {
+            Ok(n) => n,
+            Err(error) => {
+                let name = lossy_name(&root, entry.path());
+                if filter.accepts(&name) {
+                    out.failures.push(ScanFailure { name, error });
+                }
+                continue;
+            }
+        };
+        if !filter.accepts(&name) {
+            continue;
+        }
+        match accept_file(&root, entry.path(), entry.file_type().is_symlink(), config) {
+            Ok(Some(fingerprint)) => out.files.push(SourceFile {
+                name,
+                path: entry.path().to_path_buf(),
+                fingerprint,
+            }),
+            Ok(None) => {}
+            Err(error) => out.failures.push(ScanFailure { name, error }),
+        }
+    }
+    Ok(out)
+}
+
+/// Checks one walked path; `Ok(None)` means "not a template" (a directory symlink, a socket...).
+fn accept_file(
+    root: &Path,
+    path: &Path,
+    symlink: bool,
+    config: &SourceConfig,
+) -> Result<Option<Fingerprint>> {
+    if symlink {
+        let target = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+        if !target.starts_with(root) {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "{} is a symlink leading out of the template root",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    if meta.len() > config.max_template_bytes {
+        return Err(Error::new(
+            ErrorKind::ValueTooLarge,
+            format!(
+                "{} is {} bytes, over the maximum template size of {} bytes",
+                path.display(),
+                meta.len(),
+                config.max_template_bytes
+            ),
+        ));
+    }
+    Ok(Some(Fingerprint::of(&meta)))
+}
+
+/// The `/`-separated name of `path` under `root`, or an error if it is not valid UTF-8.
+pub fn template_name(root: &Path, path: &Path) -> Result<String> {
+    let rel = path.strip_prefix(root).map_err(|_| {
+        Error::new(
+            ErrorKind::Io,
+            format!("{} is not under the template root", path.display()),
+        )
+    })?;
+    let mut parts = Vec::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(s) => parts.push(s.to_str().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::ConfigInvalid,
+                    format!("{}: file name is not valid UTF-8", rel.to_string_lossy()),
+                )
+            })?),
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::ConfigInvalid,
+                    format!("{}: unexpected path component", rel.display()),
+                ));
+            }
+        }
+    }
+    let name = parts.join("/");
+    crate::key::validate_name(&name)?;
+    Ok(name)
+}
+
+fn lossy_name(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .replace(std::path::MAIN_SEPARATOR, "/")
+}
+
+/// Resolves template `name` to a path under `root`, refusing names that would leave it.
+pub fn path_of(root: &Path, name: &str) -> Result<PathBuf> {
+    crate::key::validate_name(name)?;
+    let path = root.join(name);
+    let canon_root =
+        std::fs::canonicalize(root).map_err(|e| Error::io(root, e).context("template root"))?;
+    let canon = std::fs::canonicalize(&path).map_err(|e| Error::io(&path, e))?;
+    if !canon.starts_with(&canon_root) {
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
+            format!("{} leads out of the template root", path.display()),
+        ));
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, name: &str, content: &str) {
+        let p = root.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    #[test]
+    fn scans_names_sorted_with_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "b.html", "b");
+        write(dir.path(), "a/x.html", "x");
+        write(dir.path(), "a/y.txt", "y");
+        write(dir.path(), "drafts/z.html", "z");
+        let mut cfg = SourceConfig::new(dir.path());
+        cfg.include = vec!["**/*.html".into(), "*.html".into()];
+        cfg.exclude = vec!["drafts/**".into()];
+        let s = scan(&cfg, &Filter::new(&cfg).unwrap()).unwrap();
+        let names: Vec<_> = s.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["a/x.html", "b.html"]);
+        assert!(s.failures.is_empty());
+    }
+
+    #[test]
+    fn missing_root_is_a_clear_error() {
+        let cfg = SourceConfig::new("/definitely/not/here");
+        let err = scan(&cfg, &Filter::new(&cfg).unwrap()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert!(err.to_string().contains("/definitely/not/here"), "{err}");
+    }
+
+    #[test]
+    fn bad_glob_names_the_setting() {
+        let mut cfg = SourceConfig::new(".");
+        cfg.exclude = vec!["a[".into()];
+        let err = Filter::new(&cfg).unwrap_err();
+        assert!(err.to_string().contains("exclude pattern \"a[\""), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinks_out_of_the_root_fail_alone_and_inside_are_followed() {
+        let outside = tempfile::tempdir().unwrap();
+        write(outside.path(), "secret.txt", "s");
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "ok.html", "ok");
+        std::os::unix::fs::symlink(
+            outside.path().join("secret.txt"),
+            dir.path().join("leak.html"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(dir.path().join("ok.html"), dir.path().join("alias.html"))
+            .unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("outdir")).unwrap();
+        let cfg = SourceConfig::new(dir.path());
+        let s = scan(&cfg, &Filter::new(&cfg).unwrap()).unwrap();
+        let names: Vec<_> = s.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["alias.html", "ok.html"]);
+        let failed: Vec<_> = s.failures.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(failed, ["leak.html", "outdir"]);
+        assert!(
+            s.failures[0]
+                .error
+                .to_string()
+                .contains("out of the template root")
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn non_utf8_names_and_large_files_fail_alone() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "ok.html", "ok");
+        std::fs::write(
+            dir.path()
+                .join(std::ffi::OsStr::from_bytes(b"bad\xff.html")),
+            "x",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("big.html"), vec![b'x'; 2048]).unwrap();
+        let mut cfg = SourceConfig::new(dir.path());
+        cfg.max_template_bytes = 1024;
+        let s = scan(&cfg, &Filter::new(&cfg).unwrap()).unwrap();
+        assert_eq!(s.files.len(), 1);
+        let mut kinds: Vec<_> = s.failures.iter().map(|f| f.error.kind()).collect();
+        kinds.sort_by_key(|k| k.as_str());
+        assert_eq!(kinds, [ErrorKind::ConfigInvalid, ErrorKind::ValueTooLarge]);
+    }
+
+    #[test]
+    fn path_of_refuses_escapes() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.html", "a");
+        assert!(path_of(dir.path(), "a.html").is_ok());
+        assert!(path_of(dir.path(), "../a.html").is_err());
+    }
+}

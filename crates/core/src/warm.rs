@@ -1,0 +1,222 @@
+//! The warmer: writes new and changed templates to the cache, once or periodically.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use globset::GlobSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::backend::CacheBackend;
+use crate::config::EngineConfig;
+use crate::error::Result;
+use crate::pipeline::Ctx;
+use crate::report::{Failure, WarmReport};
+use crate::scan::{SourceFile, compile_globs};
+use crate::source::Source;
+
+/// Keeps a cache warm with the templates of one tree.
+#[derive(Debug)]
+pub struct Warmer {
+    ctx: Ctx,
+    priority: Vec<GlobSet>,
+    verify_existing: bool,
+}
+
+impl Warmer {
+    /// Validates the configuration (patterns, limits) and loads persisted fingerprints.
+    pub fn new(backend: Arc<dyn CacheBackend>, config: EngineConfig) -> Result<Self> {
+        let priority = config
+            .priority
+            .iter()
+            .map(|p| compile_globs("priority", std::slice::from_ref(p)))
+            .collect::<Result<_>>()?;
+        let source = Source::new(config.source)?;
+        let ctx = Ctx::new(
+            backend,
+            config.namespace,
+            source,
+            config.throttle,
+            config.retry,
+        )?;
+        Ok(Warmer {
+            ctx,
+            priority,
+            verify_existing: config.verify_existing,
+        })
+    }
+
+    /// The rank of `name` among the priority rules (lower goes first).
+    fn rank(&self, name: &str) -> usize {
+        self.priority
+            .iter()
+            .position(|g| g.is_match(name))
+            .unwrap_or(self.priority.len())
+    }
+
+    /// The template source (for its statistics).
+    pub fn source(&self) -> &Arc<Source> {
+        &self.ctx.source
+    }
+
+    /// Warms once and reports. Errors only when the whole run cannot proceed (missing root,
+    /// unreachable backend); anything wrong with single templates is in the report.
+    pub async fn run_once(&self) -> Result<WarmReport> {
+        self.run_once_until(&CancellationToken::new()).await
+    }
+
+    /// Like [`Self::run_once`], but stops starting batches once `cancel` fires; batches in
+    /// flight finish and are recorded.
+    pub async fn run_once_until(&self, cancel: &CancellationToken) -> Result<WarmReport> {
+        let span = tracing::info_span!("warm", namespace = %self.ctx.namespace, backend = %self.ctx.backend.describe());
+        async {
+            let r = self.warm(cancel).await;
+            match &r {
+                Ok(rep) => {
+                    record_metrics(rep);
+                    tracing::info!(
+                        scanned = rep.scanned,
+                        written = rep.written,
+                        unchanged = rep.unchanged,
+                        failed = rep.failed.len(),
+                        bytes = rep.bytes_written,
+                        ms = rep.duration.as_millis() as u64,
+                        "warm finished"
+                    );
+                }
+                Err(e) => {
+                    metrics::counter!("tcache_warm_runs_failed_total").increment(1);
+                    tracing::error!(error = %e, "warm failed");
+                }
+            }
+            r
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn warm(&self, cancel: &CancellationToken) -> Result<WarmReport> {
+        let started = Instant::now();
+        let hashed_before = self.ctx.source.files_hashed();
+        let scan = self.ctx.source.scan().await?;
+        let mut report = WarmReport {
+            scanned: scan.files.len() + scan.failures.len(),
+            failed: scan
+                .failures
+                .iter()
+                .map(|f| Failure::new(f.name.clone(), &f.error, 0))
+                .collect(),
+            ..Default::default()
+        };
+        let (index, _) = self.ctx.load_index().await?;
+
+        // Entries the index confirms may still have been evicted: check they exist.
+        let confirmed: Vec<&SourceFile> = scan
+            .files
+            .iter()
+            .filter(|f| index.entries.get(&f.name).is_some_and(|e| !e.pending))
+            .collect();
+        let mut evicted = HashSet::new();
+        if self.verify_existing && !confirmed.is_empty() {
+            let keys: Vec<String> = confirmed
+                .iter()
+                .map(|f| self.ctx.namespace.key_for(&f.name))
+                .collect();
+            let backend = Arc::clone(&self.ctx.backend);
+            let results = self
+                .ctx
+                .chunked(&keys, move |k| {
+                    let b = Arc::clone(&backend);
+                    async move { b.exists_many(&k).await }
+                })
+                .await;
+            for (range, r) in results {
+                let exists = r.map_err(|e| e.context("checking that cached templates exist"))?;
+                for (f, ok) in confirmed[range].iter().zip(exists) {
+                    if !ok {
+                        evicted.insert(f.name.as_str());
+                    }
+                }
+            }
+        }
+        // Clean: fingerprint unchanged, the index confirms the same hash, the entry exists.
+        // Trusted: the entry holds the index's hash, so an unchanged file needs no write.
+        let trusted: HashSet<String> = confirmed
+            .iter()
+            .filter(|f| !evicted.contains(f.name.as_str()))
+            .map(|f| f.name.clone())
+            .collect();
+        let mut dirty: Vec<SourceFile> = Vec::new();
+        for f in &scan.files {
+            let clean = trusted.contains(&f.name)
+                && self
+                    .ctx
+                    .source
+                    .known_hash(f)
+                    .is_some_and(|h| index.entries.get(&f.name).is_some_and(|e| e.hash == h));
+            if clean {
+                report.unchanged += 1;
+            } else {
+                dirty.push(f.clone());
+            }
+        }
+        dirty.sort_by_cached_key(|f| self.rank(&f.name));
+
+        let previous: HashMap<_, _> = dirty
+            .iter()
+            .filter_map(|f| index.entries.get(&f.name).map(|e| (f.name.clone(), *e)))
+            .collect();
+        let outcome = self
+            .ctx
+            .write_files(dirty, &previous, &trusted, cancel)
+            .await?;
+        report.written = outcome.written.len();
+        report.unchanged += outcome.unchanged.len();
+        report.failed.extend(outcome.failed);
+        report.bytes_written = outcome.bytes;
+        report.cancelled = cancel.is_cancelled()
+            && report.written + report.unchanged + report.failed.len() < report.scanned;
+
+        if let Err(e) = self.ctx.backend.flush().await {
+            report.failed.push(Failure::new("(flush)".into(), &e, 1));
+        }
+        self.ctx.source.save_state(Some(&scan));
+        report.files_hashed = self.ctx.source.files_hashed() - hashed_before;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    /// Warms every `interval` (± `jitter`, a fraction such as 0.1) until `cancel` fires, then
+    /// returns after the batch in flight. `on_run` receives each run's outcome.
+    pub async fn run_periodic(
+        &self,
+        interval: Duration,
+        jitter: f64,
+        cancel: CancellationToken,
+        mut on_run: impl FnMut(Result<WarmReport>) + Send,
+    ) {
+        loop {
+            let r = self.run_once_until(&cancel).await;
+            on_run(r);
+            if cancel.is_cancelled() {
+                return;
+            }
+            let delay = crate::jittered(interval, jitter);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+fn record_metrics(r: &WarmReport) {
+    metrics::counter!("tcache_templates_scanned_total").increment(r.scanned as u64);
+    metrics::counter!("tcache_templates_written_total").increment(r.written as u64);
+    metrics::counter!("tcache_templates_unchanged_total").increment(r.unchanged as u64);
+    metrics::counter!("tcache_templates_failed_total").increment(r.failed.len() as u64);
+    metrics::counter!("tcache_bytes_written_total").increment(r.bytes_written);
+    metrics::counter!("tcache_files_hashed_total").increment(r.files_hashed);
+    metrics::histogram!("tcache_warm_duration_seconds").record(r.duration.as_secs_f64());
+}
