@@ -95,15 +95,8 @@ pub struct Checker {
 impl Checker {
     /// Validates the configuration and loads persisted fingerprints.
     pub fn new(backend: Arc<dyn CacheBackend>, config: EngineConfig) -> Result<Self> {
-        let source = Source::new(config.source)?;
         Ok(Checker {
-            ctx: Ctx::new(
-                backend,
-                config.namespace,
-                source,
-                config.throttle,
-                config.retry,
-            )?,
+            ctx: Ctx::new(backend, config)?,
         })
     }
 
@@ -118,6 +111,7 @@ impl Checker {
         let span = tracing::info_span!("check", namespace = %self.ctx.namespace, ?mode, backend = %self.ctx.backend.describe());
         async {
             let r = self.run_check(mode).await;
+            self.ctx.finish();
             match &r {
                 Ok(rep) => {
                     for (kind, n) in [
@@ -226,6 +220,7 @@ impl Checker {
             }
         }
         let keys: Vec<String> = fetch.iter().map(|f| ns.key_for(&f.name)).collect();
+        ctx.phase("verifying", keys.len());
         let backend = Arc::clone(&ctx.backend);
         for (range, r) in ctx
             .chunked(&keys, move |k| {
@@ -235,6 +230,7 @@ impl Checker {
             .await
         {
             let files = &fetch[range];
+            ctx.advance(files.len());
             let values = match r {
                 Ok(v) => v,
                 Err(e) => {
@@ -356,7 +352,9 @@ impl Checker {
         policy: &ResolvePolicy,
     ) -> Result<ResolveReport> {
         let span = tracing::info_span!("resolve", namespace = %self.ctx.namespace, dry_run = policy.dry_run);
-        self.run_resolve(report, policy).instrument(span).await
+        let r = self.run_resolve(report, policy).instrument(span).await;
+        self.ctx.finish();
+        r
     }
 
     async fn run_resolve(

@@ -1,5 +1,7 @@
 //! The configuration both engines share.
 
+use std::sync::Arc;
+
 use crate::key::Namespace;
 use crate::scan::SourceConfig;
 use crate::throttle::{RetryPolicy, Throttle};
@@ -20,6 +22,28 @@ pub struct EngineConfig {
     /// Warmer: check that entries the index calls current still exist (caches evict) and
     /// rewrite those that do not. Costs one batched existence check per template.
     pub verify_existing: bool,
+    /// Receives progress of long phases (a progress bar, for example).
+    pub progress: Option<ProgressHandle>,
+}
+
+/// Receives progress of an engine run: phases with a known amount of work, and advances.
+pub trait Progress: Send + Sync {
+    /// A phase (`"hashing"`, `"writing"`, `"verifying"`) of `total` items starts.
+    fn phase(&self, name: &'static str, total: u64);
+    /// `n` more items of the current phase are done.
+    fn advance(&self, n: u64);
+    /// The run is over.
+    fn finish(&self);
+}
+
+/// A shared [`Progress`] receiver.
+#[derive(Clone)]
+pub struct ProgressHandle(pub Arc<dyn Progress>);
+
+impl std::fmt::Debug for ProgressHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressHandle")
+    }
 }
 
 impl EngineConfig {
@@ -32,6 +56,7 @@ impl EngineConfig {
             retry: RetryPolicy::default(),
             priority: Vec::new(),
             verify_existing: true,
+            progress: None,
         }
     }
 }

@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::CacheBackend;
+use crate::config::{EngineConfig, ProgressHandle};
 use crate::error::{Error, Result};
 use crate::index::{IndexChanges, IndexEntry, IndexSnapshot};
 use crate::key::{ContentHash, Namespace};
@@ -27,6 +28,7 @@ pub(crate) struct Ctx {
     pub throttle: Throttle,
     pub retry: RetryPolicy,
     pub limiters: Limiters,
+    pub progress: Option<ProgressHandle>,
 }
 
 /// What the write pipeline did.
@@ -43,22 +45,39 @@ pub(crate) struct WriteOutcome {
 }
 
 impl Ctx {
-    pub fn new(
-        backend: Arc<dyn CacheBackend>,
-        namespace: Namespace,
-        source: Arc<Source>,
-        throttle: Throttle,
-        retry: RetryPolicy,
-    ) -> Result<Self> {
-        let limiters = Limiters::new(&throttle)?;
+    pub fn new(backend: Arc<dyn CacheBackend>, config: EngineConfig) -> Result<Self> {
+        let limiters = Limiters::new(&config.throttle)?;
+        let source = Source::new(config.source)?;
         Ok(Ctx {
             backend,
-            namespace,
+            namespace: config.namespace,
             source,
-            throttle,
-            retry,
+            throttle: config.throttle,
+            retry: config.retry,
             limiters,
+            progress: config.progress,
         })
+    }
+
+    /// Announces a phase of `total` items to the progress receiver, if any.
+    pub fn phase(&self, name: &'static str, total: usize) {
+        if let Some(p) = &self.progress {
+            p.0.phase(name, total as u64);
+        }
+    }
+
+    /// Reports `n` items done.
+    pub fn advance(&self, n: usize) {
+        if let Some(p) = &self.progress {
+            p.0.advance(n as u64);
+        }
+    }
+
+    /// Ends progress reporting.
+    pub fn finish(&self) {
+        if let Some(p) = &self.progress {
+            p.0.finish();
+        }
     }
 
     /// Keys per backend batch call.
@@ -156,10 +175,12 @@ impl Ctx {
             |f| f.fingerprint.size as usize,
         );
         let mut failed = Vec::new();
+        self.phase("hashing", groups.iter().map(Vec::len).sum());
         let mut stream = futures_util::stream::iter(groups)
             .map(|g| self.source.load_many(g))
             .buffer_unordered(self.throttle.concurrency.min(4));
         while let Some(results) = stream.next().await {
+            self.advance(results.len());
             for (f, r) in results {
                 match r {
                     Ok(l) => {
@@ -217,6 +238,7 @@ impl Ctx {
             .map(|group| self.write_batch(group, previous, trusted))
             .buffer_unordered(self.throttle.concurrency);
         while let Some(b) = stream.next().await {
+            self.advance(b.written.len() + b.unchanged.len() + b.failed.len());
             out.written.extend(b.written);
             out.unchanged.extend(b.unchanged);
             out.failed.extend(b.failed);

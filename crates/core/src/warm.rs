@@ -32,18 +32,12 @@ impl Warmer {
             .iter()
             .map(|p| compile_globs("priority", std::slice::from_ref(p)))
             .collect::<Result<_>>()?;
-        let source = Source::new(config.source)?;
-        let ctx = Ctx::new(
-            backend,
-            config.namespace,
-            source,
-            config.throttle,
-            config.retry,
-        )?;
+        let verify_existing = config.verify_existing;
+        let ctx = Ctx::new(backend, config)?;
         Ok(Warmer {
             ctx,
             priority,
-            verify_existing: config.verify_existing,
+            verify_existing,
         })
     }
 
@@ -72,6 +66,7 @@ impl Warmer {
         let span = tracing::info_span!("warm", namespace = %self.ctx.namespace, backend = %self.ctx.backend.describe());
         async {
             let r = self.warm(cancel).await;
+            self.ctx.finish();
             match &r {
                 Ok(rep) => {
                     record_metrics(rep);
