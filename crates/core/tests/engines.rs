@@ -1,6 +1,7 @@
 //! Engine behaviour that needs fault injection: retries, isolation, ordering, fingerprints,
 //! cancellation, scheduling. Uses an in-memory backend with a fault hook (the real backends run
 //! the same scenarios through the conformance kit).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,0 +1,129 @@
+//! Backend URLs: parsing, redaction, and opening the backend they name.
+
+use std::sync::Arc;
+
+use template_cache::{CacheBackend, Error, ErrorKind, Result};
+
+/// The backend used when neither `--backend` nor `TCACHE_BACKEND` is given.
+pub const DEFAULT_BACKEND: &str = "sled://.tcache";
+
+/// `url` with any password replaced by `***`, safe to print.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return redact_userinfo(url);
+    };
+    format!("{scheme}://{}", redact_userinfo(rest))
+}
+
+fn redact_userinfo(rest: &str) -> String {
+    // The userinfo ends at the last '@' before the path.
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let user = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => userinfo.to_owned(),
+            };
+            format!("{user}@{}{}", &authority[at + 1..], &rest[authority_end..])
+        }
+        None => rest.to_owned(),
+    }
+}
+
+fn invalid(url: &str, why: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::ConfigInvalid,
+        format!("invalid backend URL {:?}: {why}", redact(url)),
+    )
+}
+
+fn not_compiled(url: &str, feature: &str) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        format!(
+            "backend URL {:?} needs the `{feature}` backend, which this tcache was built without \
+             (rebuild with `--features {feature}`)",
+            redact(url)
+        ),
+    )
+}
+
+/// Opens the backend named by `url`.
+pub async fn open(url: &str) -> Result<Arc<dyn CacheBackend>> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(invalid(
+            url,
+            "expected SCHEME://..., for example sled://.tcache, moka://, redis://host:6379",
+        ));
+    };
+    match scheme {
+        "sled" => open_sled(url, rest),
+        "moka" => open_moka(url, rest),
+        "redis" | "rediss" | "redis+cluster" => Err(not_compiled(url, "redis")),
+        "memcache" => Err(not_compiled(url, "memcached")),
+        other => Err(invalid(
+            url,
+            format!(
+                "unknown scheme {other:?} (known: sled, moka, redis, rediss, redis+cluster, memcache)"
+            ),
+        )),
+    }
+}
+
+#[cfg(feature = "sled")]
+fn open_sled(url: &str, path: &str) -> Result<Arc<dyn CacheBackend>> {
+    if path.is_empty() {
+        return Err(invalid(
+            url,
+            "sled:// needs a directory, for example sled://.tcache",
+        ));
+    }
+    Ok(Arc::new(template_cache::sled::SledBackend::open(path)?))
+}
+
+#[cfg(not(feature = "sled"))]
+fn open_sled(url: &str, _: &str) -> Result<Arc<dyn CacheBackend>> {
+    Err(not_compiled(url, "sled"))
+}
+
+#[cfg(feature = "moka")]
+fn open_moka(url: &str, rest: &str) -> Result<Arc<dyn CacheBackend>> {
+    if !rest.is_empty() {
+        return Err(invalid(url, "moka:// takes nothing after the scheme"));
+    }
+    Ok(Arc::new(template_cache::moka::MokaBackend::new()))
+}
+
+#[cfg(not(feature = "moka"))]
+fn open_moka(url: &str, _: &str) -> Result<Arc<dyn CacheBackend>> {
+    Err(not_compiled(url, "moka"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("redis://user:s3cret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redact("redis://:s3cret@host"), "redis://:***@host");
+        assert_eq!(redact("redis://user@host"), "redis://user@host");
+        assert_eq!(redact("sled://.tcache"), "sled://.tcache");
+        assert_eq!(redact("a:b@c"), "a:***@c");
+    }
+
+    #[tokio::test]
+    async fn bad_urls_are_clear_errors_without_secrets() {
+        let err = open("nonsense").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConfigInvalid);
+        let err = open("ftp://u:pw@h").await.unwrap_err();
+        assert!(err.to_string().contains("unknown scheme"), "{err}");
+        assert!(!err.to_string().contains("pw@"), "{err}");
+        assert!(open("sled://").await.is_err());
+    }
+}

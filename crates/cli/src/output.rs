@@ -1,0 +1,107 @@
+//! Printing reports: readable text, or exactly one JSON object on stdout.
+
+use template_cache::{CheckReport, Error, ResolveReport, WarmReport};
+
+/// Prints `value` as one line of JSON on stdout.
+pub fn print_json(value: &serde_json::Value) {
+    println!("{value}");
+}
+
+/// Prints a warm report.
+pub fn warm(json: bool, r: &WarmReport, backend: &str) {
+    if json {
+        print_json(&serde_json::to_value(r).unwrap_or_default());
+        return;
+    }
+    println!(
+        "warmed {backend}: {} scanned, {} written, {} unchanged, {} failed, {} bytes written, {} files hashed, {} ms{}",
+        r.scanned,
+        r.written,
+        r.unchanged,
+        r.failed.len(),
+        r.bytes_written,
+        r.files_hashed,
+        r.duration.as_millis(),
+        if r.cancelled { " (interrupted)" } else { "" }
+    );
+    for f in &r.failed {
+        println!(
+            "  failed    {}  ({} attempts): {}",
+            f.name, f.attempts, f.error
+        );
+    }
+}
+
+/// Prints a check report and, with `--fix`, the resolution.
+pub fn check(
+    json: bool,
+    r: &CheckReport,
+    fix: Option<&Result<ResolveReport, Error>>,
+    backend: &str,
+) {
+    if json {
+        let mut v = serde_json::to_value(r).unwrap_or_default();
+        if let (Some(fix), Some(obj)) = (fix, v.as_object_mut()) {
+            let fix_value = match fix {
+                Ok(f) => serde_json::to_value(f).unwrap_or_default(),
+                Err(e) => serde_json::json!({
+                    "dry_run": false, "added": 0, "updated": 0, "repaired": 0, "deleted": 0,
+                    "refused": e.to_report_string(), "failed": [],
+                }),
+            };
+            obj.insert("fix".into(), fix_value);
+        }
+        print_json(&v);
+        return;
+    }
+    let mode = match r.mode {
+        template_cache::CheckMode::Quick => "quick",
+        template_cache::CheckMode::Deep => "deep",
+    };
+    println!(
+        "{mode} check of {backend}: {} files, {} entries, {} ms: {}",
+        r.files,
+        r.entries,
+        r.duration.as_millis(),
+        if r.consistent {
+            "consistent".to_owned()
+        } else {
+            format!("{} inconsistencies", r.inconsistencies())
+        }
+    );
+    for (kind, names) in [
+        ("missing", &r.missing),
+        ("outdated", &r.outdated),
+        ("orphaned", &r.orphaned),
+        ("corrupt", &r.corrupt),
+    ] {
+        for n in names {
+            println!("  {kind:<9} {n}");
+        }
+    }
+    for e in &r.errors {
+        println!("  error     {}: {}", e.name, e.error);
+    }
+    match fix {
+        None => {}
+        Some(Ok(f)) => {
+            println!(
+                "{}: {} added, {} updated, {} repaired, {} deleted, {} failed",
+                if f.dry_run {
+                    "dry run, would have"
+                } else {
+                    "fixed"
+                },
+                f.added,
+                f.updated,
+                f.repaired,
+                f.deleted,
+                f.failed.len()
+            );
+            for e in &f.failed {
+                println!("  failed    {}: {}", e.name, e.error);
+            }
+        }
+        Some(Err(e)) => println!("fix refused, nothing was changed: {}", e.message()),
+    }
+}
