@@ -17,18 +17,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // E-mails first: they are the templates a fresh instance needs soonest.
     config.priority = vec!["emails/**".into()];
 
-    let warm = Warmer::new(backend.clone(), config.clone())?.run_once().await?;
+    let warm = Warmer::new(backend.clone(), config.clone())?
+        .run_once()
+        .await?;
     println!(
         "warm: {} scanned, {} written, {} bytes in {:?}",
         warm.scanned, warm.written, warm.bytes_written, warm.duration
     );
 
-    let report = Checker::new(backend.clone(), config)?.check(CheckMode::Deep).await?;
+    let report = Checker::new(backend.clone(), config)?
+        .check(CheckMode::Deep)
+        .await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
 
     let reader = TemplateReader::new(backend, Default::default());
     if let Some(t) = reader.get("emails/welcome.txt").await? {
-        println!("emails/welcome.txt ({}):\n{}", t.hash, String::from_utf8_lossy(&t.content));
+        println!(
+            "emails/welcome.txt ({}):\n{}",
+            t.hash,
+            String::from_utf8_lossy(&t.content)
+        );
     }
     Ok(())
 }
