@@ -7,30 +7,7 @@ use template_cache::{CacheBackend, Error, ErrorKind, Result};
 /// The backend used when neither `--backend` nor `TCACHE_BACKEND` is given.
 pub const DEFAULT_BACKEND: &str = "sled://.tcache";
 
-/// `url` with any password replaced by `***`, safe to print.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return redact_userinfo(url);
-    };
-    format!("{scheme}://{}", redact_userinfo(rest))
-}
-
-fn redact_userinfo(rest: &str) -> String {
-    // The userinfo ends at the last '@' before the path.
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let user = match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***"),
-                None => userinfo.to_owned(),
-            };
-            format!("{user}@{}{}", &authority[at + 1..], &rest[authority_end..])
-        }
-        None => rest.to_owned(),
-    }
-}
+pub use template_cache::url::redact;
 
 fn invalid(url: &str, why: impl std::fmt::Display) -> Error {
     Error::new(
@@ -104,18 +81,6 @@ fn open_moka(url: &str, _: &str) -> Result<Arc<dyn CacheBackend>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("redis://user:s3cret@host:6379/0"),
-            "redis://user:***@host:6379/0"
-        );
-        assert_eq!(redact("redis://:s3cret@host"), "redis://:***@host");
-        assert_eq!(redact("redis://user@host"), "redis://user@host");
-        assert_eq!(redact("sled://.tcache"), "sled://.tcache");
-        assert_eq!(redact("a:b@c"), "a:***@c");
-    }
 
     #[tokio::test]
     async fn bad_urls_are_clear_errors_without_secrets() {

@@ -23,6 +23,7 @@ pub mod scan;
 pub mod schedule;
 pub mod source;
 pub mod throttle;
+pub mod url;
 pub mod warm;
 
 pub use async_trait::async_trait;

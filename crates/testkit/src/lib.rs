@@ -627,22 +627,30 @@ pub async fn cleanup(b: &Arc<dyn CacheBackend>, ns: &Namespace) {
     let _ = b.delete_many(&keys).await;
 }
 
-/// Expands to one `#[tokio::test]` per conformance function, each given a backend built by
-/// evaluating `$make` (an expression of a type implementing `CacheBackend`).
+/// Expands to one `#[tokio::test]` per conformance function.
+///
+/// - `conformance_tests!(EXPR)`: each test evaluates `EXPR` (which may `.await`) to a value of a
+///   type implementing `CacheBackend`.
+/// - `conformance_tests!(guarded EXPR)`: `EXPR` evaluates to `(guard, backend)`; the guard (a
+///   server process, a temporary directory) lives until the test ends.
 #[macro_export]
 macro_rules! conformance_tests {
-    ($make:expr) => {
-        $crate::conformance_tests!(@tests $make;
+    (guarded $make:expr) => {
+        $crate::conformance_tests!(@tests (guard) $make;
             round_trip, missing_key, idempotent_delete, batch_matches_single, binary_values,
             large_values, enumeration, concurrent_writers, index_round_trip,
             scenario_warm_and_check, scenario_drift_and_resolve, scenario_threshold_refusal,
             scenario_eviction_and_read_through);
     };
-    (@tests $make:expr; $($name:ident),* $(,)?) => {
+    ($make:expr) => {
+        $crate::conformance_tests!(guarded ((), $make));
+    };
+    (@tests (guard) $make:expr; $($name:ident),* $(,)?) => {
         $(
             #[$crate::__tokio::test(flavor = "multi_thread", worker_threads = 2, crate = "template_cache_testkit::__tokio")]
             async fn $name() {
-                let backend: ::std::sync::Arc<dyn $crate::__core::CacheBackend> = ::std::sync::Arc::new($make);
+                let (_guard, backend) = $make;
+                let backend: ::std::sync::Arc<dyn $crate::__core::CacheBackend> = ::std::sync::Arc::new(backend);
                 $crate::$name(backend).await;
             }
         )*

@@ -1,0 +1,225 @@
+//! Redis backend settings and URL parsing.
+
+use std::time::Duration;
+
+use template_cache_core::{Error, ErrorKind, Result, url::redact};
+
+/// Settings of a [`crate::RedisBackend`]. URL query parameters of the same names override them
+/// (`redis://host:6379/0?ttl=1h&response_timeout=5s`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// Time allowed to establish a connection (`connect_timeout`, default 1 s).
+    pub connect_timeout: Duration,
+    /// Time allowed for one reply (`response_timeout`, default 2 s).
+    pub response_timeout: Duration,
+    /// Reconnection attempts behind one failing call (`reconnect_attempts`, default 3); the
+    /// engines retry on top of that.
+    pub reconnect_attempts: usize,
+    /// Keys per batch command (`batch_keys`, default 1000).
+    pub batch_max_keys: usize,
+    /// Value bytes per batch command (`batch_bytes`, default 8 MiB).
+    pub batch_max_bytes: usize,
+    /// Expiry of template entries (`ttl`, default none). The index never expires.
+    pub ttl: Option<Duration>,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(2),
+            reconnect_attempts: 3,
+            batch_max_keys: 1000,
+            batch_max_bytes: 8 * 1024 * 1024,
+            ttl: None,
+        }
+    }
+}
+
+/// Where to connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// One server: the URL for the `redis` crate, without our parameters.
+    Single(String),
+    /// A cluster: seed nodes as `redis://host:port` plus credentials.
+    Cluster {
+        nodes: Vec<String>,
+        username: Option<String>,
+        password: Option<String>,
+    },
+}
+
+fn invalid(url: &str, why: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::ConfigInvalid,
+        format!("invalid Redis URL {:?}: {why}", redact(url)),
+    )
+}
+
+fn duration(url: &str, key: &str, value: &str) -> Result<Duration> {
+    let d = humantime::parse_duration(value)
+        .map_err(|e| invalid(url, format!("{key}={value:?}: {e}")))?;
+    if d.is_zero() {
+        return Err(invalid(url, format!("{key} must be positive")));
+    }
+    Ok(d)
+}
+
+fn number(url: &str, key: &str, value: &str) -> Result<usize> {
+    match value.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(invalid(
+            url,
+            format!("{key}={value:?} is not a positive whole number"),
+        )),
+    }
+}
+
+/// Parses `redis://`, `rediss://` and `redis+cluster://` URLs, applying our query parameters to
+/// `config`.
+pub(crate) fn parse(url: &str, mut config: RedisConfig) -> Result<(Target, RedisConfig)> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut passthrough = Vec::new();
+    for pair in query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "ttl" => config.ttl = Some(duration(url, k, v)?),
+            "connect_timeout" => config.connect_timeout = duration(url, k, v)?,
+            "response_timeout" => config.response_timeout = duration(url, k, v)?,
+            "reconnect_attempts" => config.reconnect_attempts = number(url, k, v)?,
+            "batch_keys" => config.batch_max_keys = number(url, k, v)?,
+            "batch_bytes" => config.batch_max_bytes = number(url, k, v)?,
+            _ => passthrough.push(pair),
+        }
+    }
+    let Some((scheme, rest)) = base.split_once("://") else {
+        return Err(invalid(
+            url,
+            "expected redis://, rediss:// or redis+cluster://",
+        ));
+    };
+    match scheme {
+        "redis" | "rediss" => {
+            if scheme == "rediss" {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "{:?}: TLS (rediss://) is not supported by this build of template-cache-redis",
+                        redact(url)
+                    ),
+                ));
+            }
+            if rest.is_empty() {
+                return Err(invalid(url, "no host"));
+            }
+            let mut single = base.to_owned();
+            if !passthrough.is_empty() {
+                single.push('?');
+                single.push_str(&passthrough.join("&"));
+            }
+            Ok((Target::Single(single), config))
+        }
+        "redis+cluster" => {
+            if !passthrough.is_empty() {
+                return Err(invalid(
+                    url,
+                    format!("unknown parameter(s) {}", passthrough.join("&")),
+                ));
+            }
+            let (userinfo, hosts) = match rest.rsplit_once('@') {
+                Some((u, h)) => (Some(u), h),
+                None => (None, rest),
+            };
+            let (username, password) = match userinfo.map(|u| u.split_once(':').unwrap_or((u, "")))
+            {
+                Some((u, p)) => (
+                    (!u.is_empty()).then(|| u.to_owned()),
+                    (!p.is_empty()).then(|| p.to_owned()),
+                ),
+                None => (None, None),
+            };
+            let hosts = hosts.trim_end_matches('/');
+            let mut nodes = Vec::new();
+            for h in hosts.split(',') {
+                let (host, port) = h
+                    .rsplit_once(':')
+                    .ok_or_else(|| invalid(url, format!("node {h:?} is not host:port")))?;
+                if host.is_empty() || port.parse::<u16>().is_err() {
+                    return Err(invalid(url, format!("node {h:?} is not host:port")));
+                }
+                nodes.push(format!("redis://{h}"));
+            }
+            Ok((
+                Target::Cluster {
+                    nodes,
+                    username,
+                    password,
+                },
+                config,
+            ))
+        }
+        other => Err(invalid(url, format!("unknown scheme {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_urls_keep_foreign_params_and_take_ours() {
+        let (t, c) = parse(
+            "redis://u:pw@h:1/2?ttl=1h&protocol=resp3&batch_keys=10",
+            RedisConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            t,
+            Target::Single("redis://u:pw@h:1/2?protocol=resp3".into())
+        );
+        assert_eq!(c.ttl, Some(Duration::from_secs(3600)));
+        assert_eq!(c.batch_max_keys, 10);
+    }
+
+    #[test]
+    fn cluster_urls() {
+        let (t, _) = parse(
+            "redis+cluster://admin:pw@127.0.0.1:7000,127.0.0.1:7001",
+            RedisConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            t,
+            Target::Cluster {
+                nodes: vec![
+                    "redis://127.0.0.1:7000".into(),
+                    "redis://127.0.0.1:7001".into()
+                ],
+                username: Some("admin".into()),
+                password: Some("pw".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn errors_name_the_problem_and_hide_the_password() {
+        for (url, want) in [
+            ("redis://u:secret@h?ttl=soon", "ttl"),
+            ("redis+cluster://u:secret@h", "host:port"),
+            ("redis+cluster://h:1?x=1", "unknown parameter"),
+            ("http://u:secret@h", "unknown scheme"),
+            ("redis://h?batch_keys=0", "batch_keys"),
+        ] {
+            let e = parse(url, RedisConfig::default()).unwrap_err().to_string();
+            assert!(e.contains(want), "{url}: {e}");
+            assert!(!e.contains("secret"), "{url}: {e}");
+        }
+    }
+}
