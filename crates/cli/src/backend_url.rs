@@ -38,7 +38,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn CacheBackend>> {
     match scheme {
         "sled" => open_sled(url, rest),
         "moka" => open_moka(url, rest),
-        "redis" | "rediss" | "redis+cluster" => Err(not_compiled(url, "redis")),
+        "redis" | "rediss" | "redis+cluster" => open_redis(url).await,
         "memcache" => Err(not_compiled(url, "memcached")),
         other => Err(invalid(
             url,
@@ -76,6 +76,18 @@ fn open_moka(url: &str, rest: &str) -> Result<Arc<dyn CacheBackend>> {
 #[cfg(not(feature = "moka"))]
 fn open_moka(url: &str, _: &str) -> Result<Arc<dyn CacheBackend>> {
     Err(not_compiled(url, "moka"))
+}
+
+#[cfg(feature = "redis")]
+async fn open_redis(url: &str) -> Result<Arc<dyn CacheBackend>> {
+    Ok(Arc::new(
+        template_cache::redis::RedisBackend::connect(url).await?,
+    ))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn open_redis(url: &str) -> Result<Arc<dyn CacheBackend>> {
+    Err(not_compiled(url, "redis"))
 }
 
 #[cfg(test)]

@@ -1,86 +1,13 @@
 //! The real `tcache` binary against real directories and a real sled database.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Command;
+
+use common::{Env, names};
 
 use serde_json::Value;
-
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    db: PathBuf,
-    state: PathBuf,
-}
-
-impl Env {
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("templates");
-        copy_dir(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/templates"),
-            &root,
-        );
-        Env {
-            db: tmp.path().join("db"),
-            state: tmp.path().join("state"),
-            root,
-            _tmp: tmp,
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tcache"));
-        c.args(args)
-            .env("TCACHE_BACKEND", format!("sled://{}", self.db.display()))
-            .env("TCACHE_STATE_DIR", &self.state)
-            .env_remove("RUST_LOG");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> (i32, Value) {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let out = self.run(&all);
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(
-            stdout.lines().count(),
-            1,
-            "exactly one JSON object on stdout: {stdout:?}"
-        );
-        let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
-        (out.status.code().unwrap(), v)
-    }
-
-    fn dir(&self) -> &str {
-        self.root.to_str().unwrap()
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
-fn names(v: &Value, key: &str) -> Vec<String> {
-    v[key]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n.as_str().unwrap().to_owned())
-        .collect()
-}
 
 #[test]
 fn full_life_cycle() {
@@ -191,7 +118,7 @@ fn keep_orphans_and_text_output() {
 fn empty_or_missing_directories_never_delete() {
     let env = Env::new();
     assert_eq!(env.run(&["warm", env.dir()]).status.code(), Some(0));
-    let empty = env._tmp.path().join("empty");
+    let empty = env.tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     let (code, v) = env.json(&[
         "check",
@@ -208,7 +135,7 @@ fn empty_or_missing_directories_never_delete() {
             .contains("no templates"),
         "{v}"
     );
-    let missing = env._tmp.path().join("not-mounted");
+    let missing = env.tmp.path().join("not-mounted");
     let out = env.run(&["check", missing.to_str().unwrap(), "--fix"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
@@ -287,10 +214,12 @@ async fn deep_check_finds_and_fixes_corruption() {
 #[test]
 fn bad_backend_urls_exit_2_without_leaking_passwords() {
     let env = Env::new();
-    for url in [
-        "nonsense",
-        "ftp://user:s3cret@host/x",
-        "redis://user:s3cret@127.0.0.1:1/0",
+    for (url, says) in [
+        ("nonsense", "backend URL"),
+        ("ftp://user:s3cret@host/x", "unknown scheme"),
+        ("redis://user:s3cret@127.0.0.1:1/0", "connecting"),
+        ("redis://user:s3cret@127.0.0.1:1/0?ttl=soon", "ttl"),
+        ("memcache://user:s3cret@127.0.0.1:1", "memcached"),
     ] {
         let out = env
             .cmd(&["--backend", url, "warm", env.dir()])
@@ -302,7 +231,7 @@ fn bad_backend_urls_exit_2_without_leaking_passwords() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(all.contains("backend URL"), "{all}");
+        assert!(all.contains(says), "{url}: {all}");
         assert!(!all.contains("s3cret"), "password printed: {all}");
     }
     let out = env.run(&["--namespace", "bad ns", "list"]);

@@ -66,10 +66,12 @@ impl RetryPolicy {
 }
 
 /// A token bucket that lets a request go into debt, so items larger than the bucket still pass
-/// (and the next ones wait for the debt to be paid). One second of burst.
+/// (and the next ones wait for the debt to be paid). Its burst is a tenth of a second's worth
+/// (at least one unit), so the load stays smooth from the first request.
 #[derive(Debug)]
 pub struct RateLimiter {
     per_second: f64,
+    burst: f64,
     state: Mutex<(f64, Instant)>,
 }
 
@@ -82,9 +84,11 @@ impl RateLimiter {
                 format!("rate limit must be a positive number, not {per_second}"),
             ));
         }
+        let burst = (per_second / 10.0).max(1.0);
         Ok(RateLimiter {
             per_second,
-            state: Mutex::new((per_second, Instant::now())),
+            burst,
+            state: Mutex::new((burst, Instant::now())),
         })
     }
 
@@ -94,7 +98,7 @@ impl RateLimiter {
             let mut s = self.state.lock().await;
             let now = Instant::now();
             let refill = now.duration_since(s.1).as_secs_f64() * self.per_second;
-            s.0 = (s.0 + refill).min(self.per_second) - units;
+            s.0 = (s.0 + refill).min(self.burst) - units;
             s.1 = now;
             if s.0 < 0.0 {
                 Duration::from_secs_f64(-s.0 / self.per_second)
@@ -253,8 +257,9 @@ mod tests {
             l.acquire(1.0).await;
         }
         let took = start.elapsed();
+        // A burst of one, then 29 more at ten a second.
         assert!(
-            took >= Duration::from_millis(1900) && took <= Duration::from_millis(2100),
+            took >= Duration::from_millis(2850) && took <= Duration::from_millis(2950),
             "{took:?}"
         );
         assert!(RateLimiter::new(0.0).is_err());

@@ -2,7 +2,8 @@
 //!
 //! Keeps a cache of templates warm and consistent with the files they come from. This facade
 //! re-exports the core (engines, storage trait, formats) and each backend behind a cargo feature
-//! of its name: `moka` (in-process) and `sled` (embedded, persistent), both on by default.
+//! of its name: `moka` (in-process) and `sled` (embedded, persistent), both on by default, and
+//! `redis` (Redis and Redis Cluster).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -32,4 +33,10 @@ pub mod moka {
 #[cfg(feature = "sled")]
 pub mod sled {
     pub use template_cache_sled::*;
+}
+
+/// The Redis and Redis Cluster backend (feature `redis`).
+#[cfg(feature = "redis")]
+pub mod redis {
+    pub use template_cache_redis::*;
 }

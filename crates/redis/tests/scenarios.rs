@@ -1,0 +1,218 @@
+//! Redis-specific behaviour against real servers: authentication, outages, raw corruption.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use template_cache_core::{
+    CacheBackend, CheckMode, Checker, EngineConfig, ErrorKind, Namespace, ResolvePolicy,
+    RetryPolicy, SourceConfig, Warmer,
+};
+use template_cache_redis::RedisBackend;
+use template_cache_test_servers::{RedisCluster, RedisServer};
+
+fn tree(count: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    template_cache_testkit::sample_tree(dir.path(), count);
+    dir
+}
+
+#[tokio::test]
+async fn wrong_password_is_a_clear_permanent_error_and_acl_users_work() {
+    let server = RedisServer::start_with(&["--requirepass", "right-pw"]);
+    let port = server.port();
+    let err = RedisBackend::connect(&format!("redis://:wrong-pw@127.0.0.1:{port}"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(!err.is_temporary());
+    assert!(!err.to_report_string().contains("wrong-pw"), "{err}");
+    let err = RedisBackend::connect(&format!("redis://127.0.0.1:{port}"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::PermissionDenied,
+        "no password: {err}"
+    );
+
+    let b = RedisBackend::connect(&format!("redis://:right-pw@127.0.0.1:{port}/0"))
+        .await
+        .unwrap();
+    assert!(!b.describe().contains("right-pw"));
+    assert!(!format!("{b:?}").contains("right-pw"));
+    server.cli(&[
+        "-a",
+        "right-pw",
+        "--no-auth-warning",
+        "ACL",
+        "SETUSER",
+        "app",
+        "on",
+        ">app-pw",
+        "~*",
+        "+@all",
+    ]);
+    let app = RedisBackend::connect(&format!("redis://app:app-pw@127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    app.set("k", "v".into()).await.unwrap();
+    assert_eq!(b.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+#[tokio::test]
+async fn unreachable_server_is_temporary_and_quick() {
+    let server = RedisServer::start();
+    let url = server.url();
+    drop(server);
+    let start = std::time::Instant::now();
+    let err = RedisBackend::connect(&url).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.is_temporary());
+    assert!(start.elapsed() < Duration::from_secs(30));
+}
+
+#[tokio::test]
+async fn a_server_restart_in_the_middle_of_a_warm_is_survived_and_the_next_run_converges() {
+    let dir = tree(3000);
+    let mut server = RedisServer::start();
+    let url = format!(
+        "{}?response_timeout=1s&connect_timeout=300ms&reconnect_attempts=1",
+        server.url()
+    );
+    let backend: Arc<dyn CacheBackend> = Arc::new(RedisBackend::connect(&url).await.unwrap());
+    let mut cfg = EngineConfig::new(SourceConfig::new(dir.path()));
+    cfg.namespace = Namespace::new("fault").unwrap();
+    cfg.throttle.batch_max_templates = 50;
+    cfg.throttle.concurrency = 2;
+    cfg.throttle.templates_per_second = Some(1500.0);
+    cfg.retry = RetryPolicy {
+        max_attempts: 2,
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(50),
+    };
+    let warmer = Warmer::new(Arc::clone(&backend), cfg.clone()).unwrap();
+
+    let outage = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_millis(600));
+        server.stop();
+        std::thread::sleep(Duration::from_millis(700));
+        server.restart();
+        server
+    });
+    let report = tokio::time::timeout(Duration::from_secs(120), warmer.run_once())
+        .await
+        .expect("no hang");
+    let _server = outage.await.unwrap();
+    let report = report.expect("the run itself completes");
+    assert!(
+        !report.failed.is_empty(),
+        "the outage caused failures: {report:?}"
+    );
+    assert!(report.written > 0);
+    for f in &report.failed {
+        assert!(f.kind == ErrorKind::Unavailable, "{f:?}");
+        assert!(f.attempts <= 2, "{f:?}");
+    }
+
+    // The restarted server is empty (persistence off); the next runs converge.
+    let mut converged = false;
+    for _ in 0..3 {
+        let r = warmer.run_once().await.unwrap();
+        if r.failed.is_empty() {
+            converged = true;
+            break;
+        }
+    }
+    assert!(converged);
+    let check = Checker::new(backend, cfg)
+        .unwrap()
+        .check(CheckMode::Deep)
+        .await
+        .unwrap();
+    assert!(check.consistent, "{check:?}");
+    assert_eq!(check.files, 3000);
+}
+
+#[tokio::test]
+async fn raw_corruption_is_found_by_deep_checks_and_repaired_on_a_cluster() {
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+        .await
+        .unwrap();
+    let backend: Arc<dyn CacheBackend> =
+        Arc::new(RedisBackend::connect(&cluster.url()).await.unwrap());
+    let dir = tree(200);
+    let mut cfg = EngineConfig::new(SourceConfig::new(dir.path()));
+    cfg.namespace = Namespace::new("raw").unwrap();
+    let r = Warmer::new(Arc::clone(&backend), cfg.clone())
+        .unwrap()
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!(r.written, 200);
+    // Entries are spread over every primary.
+    for node in cluster.nodes() {
+        let n: usize = node.cli(&["DBSIZE"]).trim().parse().unwrap();
+        assert!(n > 10, "node {} holds {n} keys", node.port());
+    }
+    let key = cfg.namespace.key_for("emails/t002.html");
+    template_cache_test_servers::redis_cli(
+        cluster.nodes()[0].port(),
+        &["-c", "SET", &key, "garbage"],
+    );
+    let orphan_key = cfg.namespace.key_for("stray.html");
+    let stray = template_cache_core::Record::new("stray.html", "x".into(), 0, 0)
+        .encode()
+        .unwrap();
+    backend.set(&orphan_key, stray).await.unwrap();
+
+    let checker = Checker::new(Arc::clone(&backend), cfg).unwrap();
+    let deep = checker.check(CheckMode::Deep).await.unwrap();
+    assert_eq!(deep.corrupt, ["emails/t002.html"]);
+    assert_eq!(
+        deep.orphaned,
+        ["stray.html"],
+        "found by SCAN on every primary"
+    );
+    let fix = checker
+        .resolve(&deep, &ResolvePolicy::default())
+        .await
+        .unwrap();
+    assert_eq!((fix.repaired, fix.deleted), (1, 1));
+    assert!(checker.check(CheckMode::Deep).await.unwrap().consistent);
+}
+
+#[tokio::test]
+async fn ttl_expires_entries_and_warms_restore_them() {
+    let server = RedisServer::start();
+    let backend: Arc<dyn CacheBackend> = Arc::new(
+        RedisBackend::connect(&format!("{}?ttl=1s", server.url()))
+            .await
+            .unwrap(),
+    );
+    let dir = tree(5);
+    let mut cfg = EngineConfig::new(SourceConfig::new(dir.path()));
+    cfg.namespace = Namespace::new("ttl").unwrap();
+    let warmer = Warmer::new(Arc::clone(&backend), cfg.clone()).unwrap();
+    warmer.run_once().await.unwrap();
+    let ttl: i64 = server
+        .cli(&["PTTL", &cfg.namespace.key_for("pages/t000.html")])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 1000, "{ttl}");
+    let index_ttl: i64 = server
+        .cli(&["PTTL", &cfg.namespace.index_root_key()])
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(index_ttl, -1, "the index never expires");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let check = Checker::new(Arc::clone(&backend), cfg)
+        .unwrap()
+        .check(CheckMode::Quick)
+        .await
+        .unwrap();
+    assert_eq!(check.missing.len(), 5);
+    assert_eq!(warmer.run_once().await.unwrap().written, 5);
+}
