@@ -77,7 +77,7 @@ fn warm_and_check_on_a_cluster() {
     assert_eq!(names(&deep, "orphaned"), ["pages/about.html"]);
     assert_eq!(
         names(&deep, "corrupt"),
-        [stray.clone()],
+        std::slice::from_ref(&stray),
         "an undecodable stray key is reported by key"
     );
     assert_eq!(env.json(&["check", env.dir(), "--deep", "--fix"]).0, 0);
