@@ -1,0 +1,319 @@
+//! # template-cache-memcached
+//!
+//! A [`CacheBackend`] on one or several Memcached servers, through the meta-protocol async
+//! client of the `memcache` crate (`memcache::exp::AsyncMetaClient`).
+//!
+//! - URLs: `memcache://host:port` or `memcache://h1:p1,h2:p2,...`, with optional query
+//!   parameters `ttl`, `connect_timeout`, `io_timeout`, `batch_keys` (see [`MemcachedConfig`]).
+//! - Keys are spread over servers by rendezvous (highest-random-weight) hashing, see
+//!   [`rendezvous`]: adding or removing one of N servers moves only about 1/N of the keys.
+//! - Batches are pipelined per server and the per-server groups run concurrently, so a batch
+//!   costs about one round trip whatever its size.
+//! - Memcached cannot list keys: orphans are found through the core's index, which is sharded to
+//!   fit the item size limit (read from the servers' `stats settings` at connect).
+//! - Values over the item size limit are refused with a clear error naming the limit.
+//! - An evicted entry is reported as missing by the checker and rewritten by the next warm; an
+//!   evicted index shard loses track of the orphans it listed (they can no longer be found),
+//!   and is rebuilt by the next warm for the templates that still exist.
+//!
+//! Why the async meta client rather than the classic blocking `memcache::Client`: the classic
+//! client has no multi-set or multi-delete (one round trip per key), blocks a thread per call,
+//! and pools one connection per server by default; the meta client pipelines whole batches per
+//! server with per-exchange deadlines. `docs/performance.md` has the measurement.
+#![deny(missing_docs)]
+
+mod config;
+pub mod rendezvous;
+
+use std::time::Duration;
+
+use memcache::exp::{AsyncMetaClient, Delete, Error as McError, Get, Set};
+use template_cache_core::{
+    Bytes, CacheBackend, Capabilities, Error, ErrorKind, Result, async_trait, url::redact,
+};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+pub use config::MemcachedConfig;
+
+/// Bytes kept free below the server's item size limit for the key and item header.
+const ITEM_OVERHEAD: usize = 512;
+
+/// One or several Memcached servers used as a template cache.
+#[derive(Clone)]
+pub struct MemcachedBackend {
+    client: AsyncMetaClient,
+    config: MemcachedConfig,
+    servers: Vec<String>,
+    max_value: usize,
+    describe: String,
+}
+
+impl std::fmt::Debug for MemcachedBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemcachedBackend")
+            .field("url", &self.describe)
+            .field("max_value", &self.max_value)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl MemcachedBackend {
+    /// Connects to the servers named by `url` with default settings (overridden by the URL's
+    /// query parameters), and checks that every server answers.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, MemcachedConfig::default()).await
+    }
+
+    /// Connects with `config` (the URL's query parameters override it).
+    pub async fn connect_with(url: &str, config: MemcachedConfig) -> Result<Self> {
+        let (servers, config) = config::parse(url, config)?;
+        let describe = redact(url);
+        let client = AsyncMetaClient::builder()
+            .router(rendezvous::Rendezvous)
+            .connect_timeout(Some(config.connect_timeout))
+            .io_timeout(Some(config.io_timeout))
+            .connect_multiple_async(servers.iter().map(String::as_str))
+            .await
+            .map_err(|e| convert(e, &describe, "connecting"))?;
+        let mut max_item = usize::MAX;
+        for server in &servers {
+            let size = item_size_max(server, config.connect_timeout + config.io_timeout)
+                .await
+                .map_err(|e| e.context(format!("{describe}: asking {server} for its settings")))?;
+            max_item = max_item.min(size);
+        }
+        client
+            .noop()
+            .await
+            .map_err(|e| convert(e, &describe, "checking the servers"))?;
+        Ok(MemcachedBackend {
+            client,
+            max_value: max_item.saturating_sub(ITEM_OVERHEAD),
+            config,
+            servers,
+            describe,
+        })
+    }
+
+    /// The servers, as `host:port`, in URL order.
+    pub fn servers(&self) -> &[String] {
+        &self.servers
+    }
+
+    /// The effective settings.
+    pub fn config(&self) -> &MemcachedConfig {
+        &self.config
+    }
+
+    fn ttl_secs(&self) -> u32 {
+        self.config
+            .ttl
+            .map_or(0, |t| u32::try_from(t.as_secs().max(1)).unwrap_or(u32::MAX))
+    }
+
+    fn set_op(&self, key: &str, value: &[u8]) -> Set {
+        Set::new(key, value).ttl_raw(self.ttl_secs())
+    }
+
+    /// Runs a batch and turns per-operation errors into one error (the first, temporary if any
+    /// was), since the engines retry batches as a whole.
+    fn collect<T>(
+        &self,
+        what: &str,
+        r: std::result::Result<Vec<std::result::Result<T, McError>>, McError>,
+    ) -> Result<Vec<T>> {
+        let results = r.map_err(|e| convert(e, &self.describe, what))?;
+        let mut out = Vec::with_capacity(results.len());
+        let mut first: Option<Error> = None;
+        let mut any_temporary = false;
+        for r in results {
+            match r {
+                Ok(v) => out.push(v),
+                Err(e) => {
+                    let e = convert(e, &self.describe, what);
+                    any_temporary |= e.is_temporary();
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        match first {
+            None => Ok(out),
+            Some(e) if any_temporary => Err(e.temporary()),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+/// Reads `item_size_max` from `stats settings` on one server.
+async fn item_size_max(server: &str, timeout: Duration) -> Result<usize> {
+    let ask = async {
+        let stream = tokio::net::TcpStream::connect(server).await?;
+        let (read, mut write) = stream.into_split();
+        write.write_all(b"stats settings\r\n").await?;
+        let mut lines = BufReader::new(read).lines();
+        let mut size = None;
+        while let Some(line) = lines.next_line().await? {
+            if line == "END" {
+                break;
+            }
+            if let Some(v) = line.strip_prefix("STAT item_size_max ") {
+                size = v.trim().parse::<usize>().ok();
+            }
+        }
+        Ok::<_, std::io::Error>(size)
+    };
+    match tokio::time::timeout(timeout, ask).await {
+        Ok(Ok(Some(size))) => Ok(size),
+        Ok(Ok(None)) => Err(Error::new(
+            ErrorKind::Unexpected,
+            "no item_size_max in `stats settings`",
+        )),
+        Ok(Err(e)) => Err(Error::new(ErrorKind::Unavailable, format!("{e}")).temporary()),
+        Err(_) => Err(Error::new(
+            ErrorKind::Unavailable,
+            format!("no answer within {timeout:?}"),
+        )
+        .temporary()),
+    }
+}
+
+/// Classifies a client error: transport trouble is temporary (every operation we send is
+/// idempotent, so even an ambiguous outcome is safe to retry).
+fn convert(e: McError, describe: &str, what: &str) -> Error {
+    let (kind, temporary) = match &e {
+        McError::Io(_)
+        | McError::Timeout { .. }
+        | McError::Ambiguous { .. }
+        | McError::Protocol(_) => (ErrorKind::Unavailable, true),
+        McError::Server(m) if m.contains("too large") => (ErrorKind::ValueTooLarge, false),
+        McError::Server(m) if m.contains("out of memory") || m.contains("busy") => {
+            (ErrorKind::Unavailable, true)
+        }
+        McError::Server(_) => (ErrorKind::Unexpected, false),
+        McError::Rejected(_) | McError::Usage(_) => (ErrorKind::ConfigInvalid, false),
+        _ => (ErrorKind::Unexpected, false),
+    };
+    let err = Error::new(kind, format!("{describe}: {what}: {e}"));
+    if temporary {
+        err.temporary()
+    } else {
+        err.permanent()
+    }
+}
+
+#[async_trait]
+impl CacheBackend for MemcachedBackend {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            list_keys: false,
+            native_batch: true,
+            batch_max_keys: Some(self.config.batch_max_keys),
+            max_value_bytes: Some(self.max_value),
+            persistent: false,
+            shared: true,
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let r = self
+            .client
+            .run(Get::new(key))
+            .await
+            .map_err(|e| convert(e, &self.describe, "get"))?;
+        Ok(if r.hit() {
+            Some(Bytes::from(r.value.unwrap_or_default()))
+        } else {
+            None
+        })
+    }
+
+    async fn set(&self, key: &str, value: Bytes) -> Result<()> {
+        self.capabilities().check_value_len(key, value.len())?;
+        let r = self
+            .client
+            .run(self.set_op(key, &value))
+            .await
+            .map_err(|e| convert(e, &self.describe, "set"))?;
+        if !r.applied() {
+            return Err(Error::new(
+                ErrorKind::Unexpected,
+                format!("{}: set of {key} was not stored", self.describe),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.client
+            .run(Delete::new(key))
+            .await
+            .map_err(|e| convert(e, &self.describe, "delete"))?;
+        Ok(())
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(self.config.batch_max_keys) {
+            let r = self.client.run_many(chunk.iter().map(Get::new)).await;
+            for g in self.collect("multi-get", r)? {
+                out.push(if g.hit() {
+                    Some(Bytes::from(g.value.unwrap_or_default()))
+                } else {
+                    None
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set_many(&self, entries: &[(String, Bytes)]) -> Result<()> {
+        let caps = self.capabilities();
+        for (k, v) in entries {
+            caps.check_value_len(k, v.len())?;
+        }
+        for chunk in entries.chunks(self.config.batch_max_keys) {
+            let r = self
+                .client
+                .run_many(chunk.iter().map(|(k, v)| self.set_op(k, v)))
+                .await;
+            for (m, (k, _)) in self.collect("multi-set", r)?.into_iter().zip(chunk) {
+                if !m.applied() {
+                    return Err(Error::new(
+                        ErrorKind::Unexpected,
+                        format!("{}: set of {k} was not stored", self.describe),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        for chunk in keys.chunks(self.config.batch_max_keys) {
+            let r = self.client.run_many(chunk.iter().map(Delete::new)).await;
+            self.collect("multi-delete", r)?;
+        }
+        Ok(())
+    }
+
+    async fn exists_many(&self, keys: &[String]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(self.config.batch_max_keys) {
+            let r = self
+                .client
+                .run_many(
+                    chunk
+                        .iter()
+                        .map(|k| Get::new(k).without_value().no_lru_bump()),
+                )
+                .await;
+            out.extend(self.collect("multi-exists", r)?.iter().map(|g| g.hit()));
+        }
+        Ok(out)
+    }
+}
