@@ -16,6 +16,15 @@ fn invalid(url: &str, why: impl std::fmt::Display) -> Error {
     )
 }
 
+#[cfg_attr(
+    all(
+        feature = "sled",
+        feature = "moka",
+        feature = "redis",
+        feature = "memcached"
+    ),
+    allow(dead_code)
+)]
 fn not_compiled(url: &str, feature: &str) -> Error {
     Error::new(
         ErrorKind::Unsupported,
@@ -39,7 +48,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn CacheBackend>> {
         "sled" => open_sled(url, rest),
         "moka" => open_moka(url, rest),
         "redis" | "rediss" | "redis+cluster" => open_redis(url).await,
-        "memcache" => Err(not_compiled(url, "memcached")),
+        "memcache" => open_memcached(url).await,
         other => Err(invalid(
             url,
             format!(
@@ -88,6 +97,18 @@ async fn open_redis(url: &str) -> Result<Arc<dyn CacheBackend>> {
 #[cfg(not(feature = "redis"))]
 async fn open_redis(url: &str) -> Result<Arc<dyn CacheBackend>> {
     Err(not_compiled(url, "redis"))
+}
+
+#[cfg(feature = "memcached")]
+async fn open_memcached(url: &str) -> Result<Arc<dyn CacheBackend>> {
+    Ok(Arc::new(
+        template_cache::memcached::MemcachedBackend::connect(url).await?,
+    ))
+}
+
+#[cfg(not(feature = "memcached"))]
+async fn open_memcached(url: &str) -> Result<Arc<dyn CacheBackend>> {
+    Err(not_compiled(url, "memcached"))
 }
 
 #[cfg(test)]

@@ -219,7 +219,8 @@ fn bad_backend_urls_exit_2_without_leaking_passwords() {
         ("ftp://user:s3cret@host/x", "unknown scheme"),
         ("redis://user:s3cret@127.0.0.1:1/0", "connecting"),
         ("redis://user:s3cret@127.0.0.1:1/0?ttl=soon", "ttl"),
-        ("memcache://user:s3cret@127.0.0.1:1", "memcached"),
+        ("memcache://user:s3cret@127.0.0.1:1", "authentication"),
+        ("memcache://127.0.0.1:1", "unavailable"),
     ] {
         let out = env
             .cmd(&["--backend", url, "warm", env.dir()])

@@ -30,7 +30,7 @@ pub(crate) enum Kind {
 }
 
 /// What a resolution would act on, gathered by a check.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub(crate) struct Plan {
     /// Templates to (re)write from their file.
     write: Vec<(Kind, SourceFile)>,
@@ -40,6 +40,16 @@ pub(crate) struct Plan {
     previous: HashMap<String, IndexEntry>,
     /// Index entries that disagree with verified cache content.
     index_fixups: Vec<(String, IndexEntry)>,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("write", &self.write.len())
+            .field("delete", &self.delete.len())
+            .field("index_fixups", &self.index_fixups.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a resolution may do, and the safety thresholds that bound it.

@@ -112,8 +112,14 @@ impl MemcachedBackend {
             .map_or(0, |t| u32::try_from(t.as_secs().max(1)).unwrap_or(u32::MAX))
     }
 
+    /// A set with the configured expiry for template entries; index records never expire.
     fn set_op(&self, key: &str, value: &[u8]) -> Set {
-        Set::new(key, value).ttl_raw(self.ttl_secs())
+        let ttl = if is_template_key(key) {
+            self.ttl_secs()
+        } else {
+            0
+        };
+        Set::new(key, value).ttl_raw(ttl)
     }
 
     /// Runs a batch and turns per-operation errors into one error (the first, temporary if any
@@ -143,6 +149,12 @@ impl MemcachedBackend {
             Some(e) => Err(e),
         }
     }
+}
+
+/// Whether `key` is a template entry (`<namespace>:<64 hex>`), not an index record.
+fn is_template_key(key: &str) -> bool {
+    key.rsplit_once(':')
+        .is_some_and(|(_, h)| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Reads `item_size_max` from `stats settings` on one server.

@@ -3,7 +3,7 @@
 //! Keeps a cache of templates warm and consistent with the files they come from. This facade
 //! re-exports the core (engines, storage trait, formats) and each backend behind a cargo feature
 //! of its name: `moka` (in-process) and `sled` (embedded, persistent), both on by default, and
-//! `redis` (Redis and Redis Cluster).
+//! `redis` (Redis and Redis Cluster) and `memcached` (one or several Memcached servers).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -39,4 +39,10 @@ pub mod sled {
 #[cfg(feature = "redis")]
 pub mod redis {
     pub use template_cache_redis::*;
+}
+
+/// The Memcached backend (feature `memcached`).
+#[cfg(feature = "memcached")]
+pub mod memcached {
+    pub use template_cache_memcached::*;
 }
