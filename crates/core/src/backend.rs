@@ -25,6 +25,9 @@ pub struct Capabilities {
     pub persistent: bool,
     /// Other processes see the same entries (a server or a shared file).
     pub shared: bool,
+    /// Entries may disappear without a delete (eviction, expiry). Warms then verify that
+    /// indexed entries still exist.
+    pub evicts: bool,
 }
 
 impl Capabilities {

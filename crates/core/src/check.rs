@@ -158,7 +158,10 @@ impl Checker {
         let started = Instant::now();
         let ctx = &self.ctx;
         let ns = &ctx.namespace;
-        let scan = ctx.source.scan().await?;
+        // The walk runs on the blocking pool while the index is read.
+        let (scan, index) = tokio::join!(ctx.source.scan(), ctx.load_index());
+        let scan = scan?;
+        let (index, index_exists) = index?;
         let mut report = CheckReport {
             mode,
             files: scan.files.len(),
@@ -171,7 +174,6 @@ impl Checker {
         );
         let (hashes, failed) = ctx.hash_all(&scan.files).await;
         report.errors.extend(failed);
-        let (index, _) = ctx.load_index().await?;
         for lost in &index.lost {
             report.errors.push(Failure::new(
                 "(index)".into(),
@@ -210,7 +212,7 @@ impl Checker {
         let keys: Vec<String> = exist_check.iter().map(|f| ns.key_for(&f.name)).collect();
         let backend = Arc::clone(&ctx.backend);
         for (range, r) in ctx
-            .chunked(&keys, move |k| {
+            .chunked(&keys, ctx.key_chunk(), move |k| {
                 let b = Arc::clone(&backend);
                 async move { b.exists_many(&k).await }
             })
@@ -233,7 +235,7 @@ impl Checker {
         ctx.phase("verifying", keys.len());
         let backend = Arc::clone(&ctx.backend);
         for (range, r) in ctx
-            .chunked(&keys, move |k| {
+            .chunked(&keys, ctx.chunk(), move |k| {
                 let b = Arc::clone(&backend);
                 async move { b.get_many(&k).await }
             })
@@ -292,7 +294,10 @@ impl Checker {
             known_keys.insert(ns.key_for(name));
         }
         report.entries = index.entries.len();
-        if ctx.backend.capabilities().list_keys {
+        // Every entry is indexed before it is written, so a quick check trusts an intact index
+        // for orphans; a deep check, or a missing or damaged index, lists the keys as well.
+        let list = mode == CheckMode::Deep || !index_exists || !index.lost.is_empty();
+        if list && ctx.backend.capabilities().list_keys {
             let prefix = ns.prefix();
             let (r, _) = ctx.retry.run(|| ctx.backend.list_keys(&prefix)).await;
             let listed = r.map_err(|e| e.context("listing cache keys"))?;
@@ -308,7 +313,7 @@ impl Checker {
                 .collect();
             let backend = Arc::clone(&ctx.backend);
             for (range, r) in ctx
-                .chunked(&unknown, move |k| {
+                .chunked(&unknown, ctx.chunk(), move |k| {
                     let b = Arc::clone(&backend);
                     async move { b.get_many(&k).await }
                 })
@@ -345,7 +350,8 @@ impl Checker {
             v.sort();
         }
         report.consistent = report.inconsistencies() == 0 && report.errors.is_empty();
-        ctx.source.save_state(Some(&scan));
+        ctx.source.prune_state(&scan);
+        ctx.source.save_state();
         report.plan = plan;
         report.duration = started.elapsed();
         Ok(report)
@@ -410,7 +416,7 @@ impl Checker {
         let backend = Arc::clone(&ctx.backend);
         let mut removals = Vec::new();
         for (range, r) in ctx
-            .chunked(&del_keys, move |k| {
+            .chunked(&del_keys, ctx.key_chunk(), move |k| {
                 let b = Arc::clone(&backend);
                 async move { b.delete_many(&k).await.map(|()| Vec::<()>::new()) }
             })

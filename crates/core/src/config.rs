@@ -19,8 +19,9 @@ pub struct EngineConfig {
     pub retry: RetryPolicy,
     /// Glob patterns, highest priority first: matching templates are written first.
     pub priority: Vec<String>,
-    /// Warmer: check that entries the index calls current still exist (caches evict) and
-    /// rewrite those that do not. Costs one batched existence check per template.
+    /// Warmer: on backends that may evict ([`crate::Capabilities::evicts`]), check that entries
+    /// the index calls current still exist and rewrite those that do not. Costs one batched
+    /// existence check per template.
     pub verify_existing: bool,
     /// Receives progress of long phases (a progress bar, for example).
     pub progress: Option<ProgressHandle>,

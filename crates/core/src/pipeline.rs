@@ -80,7 +80,17 @@ impl Ctx {
         }
     }
 
-    /// Keys per backend batch call.
+    /// Keys per backend call that transfers no values (existence, deletion): the backend's
+    /// batch limit, or 1,000.
+    pub fn key_chunk(&self) -> usize {
+        self.backend
+            .capabilities()
+            .batch_max_keys
+            .unwrap_or(1000)
+            .max(1)
+    }
+
+    /// Keys per backend batch call that transfers values.
     pub fn chunk(&self) -> usize {
         let cap = self
             .backend
@@ -126,13 +136,14 @@ impl Ctx {
     pub async fn chunked<T, F, Fut>(
         &self,
         keys: &[String],
+        chunk: usize,
         op: F,
     ) -> Vec<(std::ops::Range<usize>, Result<Vec<T>>)>
     where
         F: Fn(Vec<String>) -> Fut + Clone,
         Fut: std::future::Future<Output = Result<Vec<T>>>,
     {
-        let chunk = self.chunk();
+        let chunk = chunk.max(1);
         let ranges: Vec<_> = (0..keys.len())
             .step_by(chunk)
             .map(|s| s..(s + chunk).min(keys.len()))
@@ -246,11 +257,19 @@ impl Ctx {
         }
         drop(stream);
 
+        // Move (not copy) the confirmed entries into the index update, then take them back.
+        let written = out.written.len();
+        let mut upserts = std::mem::take(&mut out.written);
+        upserts.append(&mut out.unchanged);
         let confirm = IndexChanges {
-            upserts: out.written.iter().chain(&out.unchanged).cloned().collect(),
+            upserts,
             removals: Vec::new(),
         };
-        if let Err(e) = self.update_index(&confirm).await {
+        let result = self.update_index(&confirm).await;
+        let mut upserts = confirm.upserts;
+        out.unchanged = upserts.split_off(written);
+        out.written = upserts;
+        if let Err(e) = result {
             // The entries were written but stay marked pending: a check verifies them by content.
             tracing::error!(error = %e, "could not confirm written templates in the index");
             out.failed

@@ -182,6 +182,7 @@ pub fn scan(config: &SourceConfig, filter: &Filter) -> Result<Scan> {
         ));
     }
     let mut out = Scan::default();
+    let mut candidates: Vec<(String, PathBuf, bool)> = Vec::new();
     let walker = walkdir::WalkDir::new(&root)
         .follow_links(false)
         .sort_by_file_name();
@@ -207,6 +208,7 @@ pub fn scan(config: &SourceConfig, filter: &Filter) -> Result<Scan> {
         if entry.depth() == 0 || entry.file_type().is_dir() {
             continue;
         }
+        let symlink = entry.file_type().is_symlink();
         let name = match template_name(&root, entry.path()) {
             Ok(n) => n,
             Err(error) => {
@@ -220,16 +222,64 @@ pub fn scan(config: &SourceConfig, filter: &Filter) -> Result<Scan> {
         if !filter.accepts(&name) {
             continue;
         }
-        match accept_file(&root, entry.path(), entry.file_type().is_symlink(), config) {
+        candidates.push((name, entry.into_path(), symlink));
+    }
+    // Stat the candidates on every core: on large trees the stat calls dominate the walk.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let chunk = candidates.len().div_ceil(threads).max(1024);
+    let checked: Vec<Vec<(usize, Result<Option<Fingerprint>>)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = candidates
+            .chunks(chunk)
+            .enumerate()
+            .map(|(c, part)| {
+                let root = &root;
+                scope.spawn(move || {
+                    part.iter()
+                        .enumerate()
+                        .map(|(i, (_, path, symlink))| {
+                            (c * chunk + i, accept_file(root, path, *symlink, config))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    vec![(
+                        usize::MAX,
+                        Err(Error::new(ErrorKind::Unexpected, "a scan thread panicked")),
+                    )]
+                })
+            })
+            .collect()
+    });
+    let mut candidates: Vec<Option<(String, PathBuf, bool)>> =
+        candidates.into_iter().map(Some).collect();
+    for (i, result) in checked.into_iter().flatten() {
+        let Some((name, path, _)) = candidates.get_mut(i).and_then(Option::take) else {
+            if let Err(error) = result {
+                out.failures.push(ScanFailure {
+                    name: "(scan)".into(),
+                    error,
+                });
+            }
+            continue;
+        };
+        match result {
             Ok(Some(fingerprint)) => out.files.push(SourceFile {
                 name,
-                path: entry.path().to_path_buf(),
+                path,
                 fingerprint,
             }),
             Ok(None) => {}
             Err(error) => out.failures.push(ScanFailure { name, error }),
         }
     }
+    out.failures.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 

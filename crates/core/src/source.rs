@@ -23,11 +23,19 @@ struct Known {
     hashed_at_ns: i64,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Deserialize)]
 struct StateFile {
     version: u32,
     root: String,
-    entries: Vec<(String, Known)>,
+    entries: HashMap<String, Known>,
+}
+
+/// The same layout as [`StateFile`], borrowed, for writing without copying the entries.
+#[derive(serde::Serialize)]
+struct StateFileRef<'a> {
+    version: u32,
+    root: &'a str,
+    entries: &'a HashMap<String, Known>,
 }
 
 /// Content hashes of files keyed by name, trusted while a file's fingerprint is unchanged.
@@ -60,7 +68,7 @@ impl FingerprintStore {
         match postcard::from_bytes::<StateFile>(&bytes) {
             Ok(f) if f.version == STATE_VERSION && f.root == root => FingerprintStore {
                 root,
-                entries: f.entries.into_iter().collect(),
+                entries: f.entries,
                 dirty: false,
             },
             Ok(_) => empty,
@@ -109,22 +117,24 @@ impl FingerprintStore {
         if !self.dirty {
             return Ok(());
         }
-        let file = StateFile {
+        let file = StateFileRef {
             version: STATE_VERSION,
-            root: self.root.clone(),
-            entries: self.entries.iter().map(|(n, k)| (n.clone(), *k)).collect(),
+            root: &self.root,
+            entries: &self.entries,
         };
-        let bytes = postcard::to_stdvec(&file).map_err(|e| {
-            Error::new(
-                ErrorKind::Unexpected,
-                format!("encoding fingerprint state: {e}"),
-            )
-        })?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+        let out = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut out = postcard::to_io(&file, std::io::BufWriter::new(out)).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("{}: writing fingerprint state: {e}", tmp.display()),
+            )
+        })?;
+        std::io::Write::flush(&mut out).map_err(|e| Error::io(&tmp, e))?;
+        drop(out);
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
         self.dirty = false;
         Ok(())
@@ -266,18 +276,24 @@ impl Source {
         .temporary())
     }
 
-    /// Forgets fingerprints of files not in `scan` and persists the store, if configured.
-    pub fn save_state(&self, scan: Option<&Scan>) {
-        let Some(path) = &self.config.state_path else {
-            return;
-        };
+    /// Forgets fingerprints of files that `scan` no longer found.
+    pub fn prune_state(&self, scan: &Scan) {
         let mut store = self.lock();
-        if let Some(scan) = scan {
+        // Every scanned file that was hashed is in the store, so extra entries mean files are
+        // gone: only then is pruning worth a pass.
+        if store.entries.len() > scan.files.len() {
             let names: std::collections::HashSet<&str> =
                 scan.files.iter().map(|f| f.name.as_str()).collect();
             store.retain(|n| names.contains(n));
         }
-        if let Err(e) = store.save(path) {
+    }
+
+    /// Persists the fingerprint store, if a state path is configured and it changed.
+    pub fn save_state(&self) {
+        let Some(path) = &self.config.state_path else {
+            return;
+        };
+        if let Err(e) = self.lock().save(path) {
             tracing::warn!(error = %e, "cannot save the fingerprint state; the next run re-hashes");
         }
     }

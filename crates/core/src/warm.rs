@@ -11,6 +11,7 @@ use tracing::Instrument;
 use crate::backend::CacheBackend;
 use crate::config::EngineConfig;
 use crate::error::Result;
+use crate::index::{IndexEntry, IndexSnapshot};
 use crate::pipeline::Ctx;
 use crate::report::{Failure, WarmReport};
 use crate::scan::{SourceFile, compile_globs};
@@ -94,7 +95,18 @@ impl Warmer {
     async fn warm(&self, cancel: &CancellationToken) -> Result<WarmReport> {
         let started = Instant::now();
         let hashed_before = self.ctx.source.files_hashed();
-        let scan = self.ctx.source.scan().await?;
+        // The walk runs on the blocking pool while the index is read and verified.
+        let (scan, indexed) = tokio::join!(self.ctx.source.scan(), self.verified_index());
+        let scan = scan?;
+        let (index, evicted) = indexed?;
+        tracing::debug!(
+            files = scan.files.len(),
+            entries = index.entries.len(),
+            evicted = evicted.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "scanned and read the index"
+        );
+        self.ctx.source.prune_state(&scan);
         let mut report = WarmReport {
             scanned: scan.files.len() + scan.failures.len(),
             failed: scan
@@ -104,64 +116,33 @@ impl Warmer {
                 .collect(),
             ..Default::default()
         };
-        let (index, _) = self.ctx.load_index().await?;
-
-        // Entries the index confirms may still have been evicted: check they exist.
-        let confirmed: Vec<&SourceFile> = scan
-            .files
-            .iter()
-            .filter(|f| index.entries.get(&f.name).is_some_and(|e| !e.pending))
-            .collect();
-        let mut evicted = HashSet::new();
-        if self.verify_existing && !confirmed.is_empty() {
-            let keys: Vec<String> = confirmed
-                .iter()
-                .map(|f| self.ctx.namespace.key_for(&f.name))
-                .collect();
-            let backend = Arc::clone(&self.ctx.backend);
-            let results = self
-                .ctx
-                .chunked(&keys, move |k| {
-                    let b = Arc::clone(&backend);
-                    async move { b.exists_many(&k).await }
-                })
-                .await;
-            for (range, r) in results {
-                let exists = r.map_err(|e| e.context("checking that cached templates exist"))?;
-                for (f, ok) in confirmed[range].iter().zip(exists) {
-                    if !ok {
-                        evicted.insert(f.name.as_str());
-                    }
-                }
-            }
-        }
-        // Clean: fingerprint unchanged, the index confirms the same hash, the entry exists.
-        // Trusted: the entry holds the index's hash, so an unchanged file needs no write.
-        let trusted: HashSet<String> = confirmed
-            .iter()
-            .filter(|f| !evicted.contains(f.name.as_str()))
-            .map(|f| f.name.clone())
-            .collect();
+        // Clean: the index confirms the hash the fingerprint vouches for, and the entry exists.
+        // Trusted: the entry holds the index's hash, so if the file turns out unchanged once
+        // read, no write is needed.
+        let mut trusted: HashSet<String> = HashSet::new();
+        let mut previous: HashMap<String, IndexEntry> = HashMap::new();
         let mut dirty: Vec<SourceFile> = Vec::new();
-        for f in &scan.files {
-            let clean = trusted.contains(&f.name)
-                && self
-                    .ctx
-                    .source
-                    .known_hash(f)
-                    .is_some_and(|h| index.entries.get(&f.name).is_some_and(|e| e.hash == h));
-            if clean {
-                report.unchanged += 1;
-            } else {
-                dirty.push(f.clone());
+        for f in scan.files {
+            let entry = index.entries.get(&f.name);
+            if let Some(e) = entry.filter(|e| !e.pending && !evicted.contains(&f.name)) {
+                if self.ctx.source.known_hash(&f) == Some(e.hash) {
+                    report.unchanged += 1;
+                    continue;
+                }
+                trusted.insert(f.name.clone());
             }
+            if let Some(e) = entry {
+                previous.insert(f.name.clone(), *e);
+            }
+            dirty.push(f);
         }
         dirty.sort_by_cached_key(|f| self.rank(&f.name));
+        tracing::debug!(
+            dirty = dirty.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "classified"
+        );
 
-        let previous: HashMap<_, _> = dirty
-            .iter()
-            .filter_map(|f| index.entries.get(&f.name).map(|e| (f.name.clone(), *e)))
-            .collect();
         let outcome = self
             .ctx
             .write_files(dirty, &previous, &trusted, cancel)
@@ -176,10 +157,49 @@ impl Warmer {
         if let Err(e) = self.ctx.backend.flush().await {
             report.failed.push(Failure::new("(flush)".into(), &e, 1));
         }
-        self.ctx.source.save_state(Some(&scan));
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "written");
+        self.ctx.source.save_state();
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "state saved");
         report.files_hashed = self.ctx.source.files_hashed() - hashed_before;
         report.duration = started.elapsed();
         Ok(report)
+    }
+
+    /// Loads the index and, on backends that may evict, the names of confirmed entries that no
+    /// longer exist.
+    async fn verified_index(&self) -> Result<(IndexSnapshot, HashSet<String>)> {
+        let (index, _) = self.ctx.load_index().await?;
+        let mut evicted = HashSet::new();
+        if !(self.verify_existing && self.ctx.backend.capabilities().evicts) {
+            return Ok((index, evicted));
+        }
+        let names: Vec<&String> = index
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.pending)
+            .map(|(n, _)| n)
+            .collect();
+        let keys: Vec<String> = names
+            .iter()
+            .map(|n| self.ctx.namespace.key_for(n))
+            .collect();
+        let backend = Arc::clone(&self.ctx.backend);
+        let results = self
+            .ctx
+            .chunked(&keys, self.ctx.key_chunk(), move |k| {
+                let b = Arc::clone(&backend);
+                async move { b.exists_many(&k).await }
+            })
+            .await;
+        for (range, r) in results {
+            let exists = r.map_err(|e| e.context("checking that cached templates exist"))?;
+            for (name, ok) in names[range].iter().zip(exists) {
+                if !ok {
+                    evicted.insert((*name).clone());
+                }
+            }
+        }
+        Ok((index, evicted))
     }
 
     /// Warms every `interval` (± `jitter`, a fraction such as 0.1) until `cancel` fires, then

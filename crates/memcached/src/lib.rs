@@ -224,6 +224,7 @@ impl CacheBackend for MemcachedBackend {
             max_value_bytes: Some(self.max_value),
             persistent: false,
             shared: true,
+            evicts: true,
         }
     }
 

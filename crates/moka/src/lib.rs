@@ -52,6 +52,7 @@ impl CacheBackend for MokaBackend {
             max_value_bytes: Some(
                 usize::try_from(self.capacity.min(u64::from(u32::MAX))).unwrap_or(usize::MAX),
             ),
+            evicts: true,
             ..Capabilities::new()
         }
     }

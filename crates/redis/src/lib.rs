@@ -36,8 +36,10 @@ use config::Target;
 
 /// Redis limits a bulk string to 512 MiB.
 const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
-/// Fields per `HSET`/`HDEL` and per `HSCAN` page.
+/// Fields per `HSET`/`HDEL`.
 const INDEX_CHUNK: usize = 1000;
+/// Elements per `SCAN`/`HSCAN` page: large pages keep round trips few on big namespaces.
+const SCAN_COUNT: usize = 10_000;
 /// Bytes of one index value: SHA-256, size, flags.
 const INDEX_VALUE_LEN: usize = 32 + 8 + 1;
 
@@ -236,7 +238,7 @@ impl RedisBackend {
                 .arg("MATCH")
                 .arg(pattern)
                 .arg("COUNT")
-                .arg(1000);
+                .arg(SCAN_COUNT);
             let (next, page): (u64, Vec<String>) = match (target, &self.conn) {
                 (Some((host, port)), Conn::Cluster(c)) => {
                     let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
@@ -360,6 +362,7 @@ impl CacheBackend for RedisBackend {
             max_value_bytes: Some(MAX_VALUE_BYTES),
             persistent: true,
             shared: true,
+            evicts: true,
         }
     }
 
@@ -436,6 +439,15 @@ impl CacheBackend for RedisBackend {
     async fn exists_many(&self, keys: &[String]) -> Result<Vec<bool>> {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(self.config.batch_max_keys) {
+            // One multi-key EXISTS counts the chunk: when all exist (the common case) that is
+            // the answer; otherwise ask key by key.
+            let count: usize = self
+                .query(redis::cmd("EXISTS").arg(chunk), "EXISTS")
+                .await?;
+            if count == chunk.len() {
+                out.extend(std::iter::repeat_n(true, chunk.len()));
+                continue;
+            }
             match &self.conn {
                 Conn::Single(_) => {
                     let mut pipe = redis::pipe();
@@ -487,7 +499,7 @@ impl CacheBackend for RedisBackend {
                         .arg(&key)
                         .arg(cursor)
                         .arg("COUNT")
-                        .arg(INDEX_CHUNK),
+                        .arg(SCAN_COUNT),
                     "HSCAN",
                 )
                 .await
@@ -522,20 +534,34 @@ impl CacheBackend for RedisBackend {
             upserts.insert(n, e);
         }
         let upserts: Vec<(&str, &IndexEntry)> = upserts.into_iter().collect();
+        // Pipelines of a few commands each: bounded memory, few round trips.
         let mut pipe = redis::pipe();
+        let mut queued = 0;
         for chunk in upserts.chunks(INDEX_CHUNK) {
             let cmd = pipe.cmd("HSET").arg(&key);
             for (n, e) in chunk {
                 cmd.arg(*n).arg(&encode_index_value(e)[..]);
             }
             cmd.ignore();
+            queued += 1;
+            if queued == 8 {
+                self.pipe::<()>(&pipe, "HSET pipeline")
+                    .await
+                    .map_err(|e| e.context(format!("updating index {key}")))?;
+                pipe = redis::pipe();
+                queued = 0;
+            }
         }
         for chunk in changes.removals.chunks(INDEX_CHUNK) {
             pipe.cmd("HDEL").arg(&key).arg(chunk).ignore();
+            queued += 1;
         }
-        self.pipe::<()>(&pipe, "HSET/HDEL pipeline")
-            .await
-            .map_err(|e| e.context(format!("updating index {key}")))
+        if queued > 0 {
+            self.pipe::<()>(&pipe, "HSET/HDEL pipeline")
+                .await
+                .map_err(|e| e.context(format!("updating index {key}")))?;
+        }
+        Ok(())
     }
 }
 

@@ -81,6 +81,7 @@ impl CacheBackend for SledBackend {
             max_value_bytes: Some(64 * 1024 * 1024),
             persistent: true,
             shared: false,
+            evicts: false,
         }
     }
 
