@@ -498,3 +498,72 @@ async fn scheduled_checks_alert_and_resolve() {
         "{outcomes:?}"
     );
 }
+
+#[tokio::test]
+async fn each_resolution_switch_is_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    tree(
+        dir.path(),
+        &[
+            "keep.html",
+            "old.html",
+            "gone.html",
+            "bad.html",
+            "a.html",
+            "b.html",
+            "c.html",
+            "d.html",
+        ],
+    );
+    let m = Arc::new(Memory::default());
+    let cfg = config(dir.path(), "t");
+    Warmer::new(m.clone(), cfg.clone())
+        .unwrap()
+        .run_once()
+        .await
+        .unwrap();
+    std::fs::write(dir.path().join("old.html"), "new content").unwrap();
+    std::fs::remove_file(dir.path().join("gone.html")).unwrap();
+    std::fs::write(dir.path().join("fresh.html"), "fresh").unwrap();
+    m.set(
+        &cfg.namespace.key_for("bad.html"),
+        Bytes::from_static(b"junk"),
+    )
+    .await
+    .unwrap();
+    let checker = Checker::new(m.clone(), cfg).unwrap();
+    let all_off = ResolvePolicy {
+        add_missing: false,
+        update_outdated: false,
+        repair_corrupt: false,
+        delete_orphans: false,
+        max_delete_ratio: None,
+        ..Default::default()
+    };
+    type Case = (
+        &'static str,
+        fn(&mut ResolvePolicy),
+        (usize, usize, usize, usize),
+    );
+    let cases: [Case; 4] = [
+        ("add_missing", |p| p.add_missing = true, (1, 0, 0, 0)),
+        (
+            "update_outdated",
+            |p| p.update_outdated = true,
+            (0, 1, 0, 0),
+        ),
+        ("repair_corrupt", |p| p.repair_corrupt = true, (0, 0, 1, 0)),
+        ("delete_orphans", |p| p.delete_orphans = true, (0, 0, 0, 1)),
+    ];
+    let mut remaining = 4;
+    for (name, enable, want) in cases {
+        let report = checker.check(CheckMode::Deep).await.unwrap();
+        assert_eq!(report.inconsistencies(), remaining, "{name}: {report:?}");
+        let mut policy = all_off.clone();
+        enable(&mut policy);
+        let r = checker.resolve(&report, &policy).await.unwrap();
+        assert_eq!((r.added, r.updated, r.repaired, r.deleted), want, "{name}");
+        remaining -= 1;
+    }
+    assert!(checker.check(CheckMode::Deep).await.unwrap().consistent);
+}
