@@ -83,3 +83,12 @@ fn warm_and_check_on_a_cluster() {
     assert_eq!(env.json(&["check", env.dir(), "--deep", "--fix"]).0, 0);
     assert_eq!(env.json(&["check", env.dir(), "--deep"]).0, 0);
 }
+
+#[test]
+fn warm_and_check_over_tls() {
+    let server = RedisServer::start_tls();
+    let env = Env::with_backend(&server.url());
+    assert_eq!(env.json(&["warm", env.dir()]).0, 0);
+    let (code, v) = env.json(&["check", env.dir(), "--deep"]);
+    assert_eq!((code, v["consistent"].as_bool()), (0, Some(true)), "{v}");
+}

@@ -21,6 +21,12 @@ pub struct RedisConfig {
     pub batch_max_bytes: usize,
     /// Expiry of template entries (`ttl`, default none). The index never expires.
     pub ttl: Option<Duration>,
+    /// `rediss://` only: PEM file of the certificate authorities to trust instead of the
+    /// system's (`tls_ca`).
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// `rediss://` only: PEM files of a client certificate and its key, for servers that
+    /// authenticate clients (`tls_cert`, `tls_key`).
+    pub tls_client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Default for RedisConfig {
@@ -32,6 +38,8 @@ impl Default for RedisConfig {
             batch_max_keys: 1000,
             batch_max_bytes: 8 * 1024 * 1024,
             ttl: None,
+            tls_ca: None,
+            tls_client: None,
         }
     }
 }
@@ -83,6 +91,7 @@ pub(crate) fn parse(url: &str, mut config: RedisConfig) -> Result<(Target, Redis
         None => (url, None),
     };
     let mut passthrough = Vec::new();
+    let (mut cert, mut key) = (None, None);
     for pair in query
         .into_iter()
         .flat_map(|q| q.split('&'))
@@ -96,8 +105,16 @@ pub(crate) fn parse(url: &str, mut config: RedisConfig) -> Result<(Target, Redis
             "reconnect_attempts" => config.reconnect_attempts = number(url, k, v)?,
             "batch_keys" => config.batch_max_keys = number(url, k, v)?,
             "batch_bytes" => config.batch_max_bytes = number(url, k, v)?,
+            "tls_ca" => config.tls_ca = Some(v.into()),
+            "tls_cert" => cert = Some(std::path::PathBuf::from(v)),
+            "tls_key" => key = Some(std::path::PathBuf::from(v)),
             _ => passthrough.push(pair),
         }
+    }
+    match (cert, key) {
+        (Some(c), Some(k)) => config.tls_client = Some((c, k)),
+        (None, None) => {}
+        _ => return Err(invalid(url, "tls_cert and tls_key go together")),
     }
     let Some((scheme, rest)) = base.split_once("://") else {
         return Err(invalid(
@@ -105,13 +122,16 @@ pub(crate) fn parse(url: &str, mut config: RedisConfig) -> Result<(Target, Redis
             "expected redis://, rediss:// or redis+cluster://",
         ));
     };
+    if scheme != "rediss" && (config.tls_ca.is_some() || config.tls_client.is_some()) {
+        return Err(invalid(url, "tls_ca, tls_cert and tls_key need rediss://"));
+    }
     match scheme {
         "redis" | "rediss" => {
-            if scheme == "rediss" {
+            if scheme == "rediss" && !cfg!(feature = "tls") {
                 return Err(Error::new(
                     ErrorKind::Unsupported,
                     format!(
-                        "{:?}: TLS (rediss://) is not supported by this build of template-cache-redis",
+                        "{:?}: TLS (rediss://) needs template-cache-redis built with its `tls` feature",
                         redact(url)
                     ),
                 ));
@@ -186,6 +206,20 @@ mod tests {
         );
         assert_eq!(c.ttl, Some(Duration::from_secs(3600)));
         assert_eq!(c.batch_max_keys, 10);
+    }
+
+    #[test]
+    fn tls_parameters() {
+        let (t, c) = parse(
+            "rediss://h:1?tls_ca=/ca.pem&tls_cert=/c.pem&tls_key=/k.pem",
+            RedisConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(t, Target::Single("rediss://h:1".into()));
+        assert_eq!(c.tls_ca.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        assert!(c.tls_client.is_some());
+        assert!(parse("rediss://h:1?tls_cert=/c.pem", RedisConfig::default()).is_err());
+        assert!(parse("redis://h:1?tls_ca=/ca.pem", RedisConfig::default()).is_err());
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //!
 //! A [`CacheBackend`] on Redis, standalone or Redis Cluster, with the `redis` crate on tokio.
 //!
-//! - URLs: `redis://[user:password@]host:port[/db]` and
-//!   `redis+cluster://[user:password@]host:port,host:port,...`, with optional query parameters
-//!   `ttl`, `connect_timeout`, `response_timeout`, `reconnect_attempts`, `batch_keys`,
-//!   `batch_bytes` (see [`RedisConfig`]). Passwords never appear in logs, errors or reports.
+//! - URLs: `redis://[user:password@]host:port[/db]`, `rediss://...` (TLS, feature `tls`, on by
+//!   default) and `redis+cluster://[user:password@]host:port,host:port,...`, with optional query
+//!   parameters `ttl`, `connect_timeout`, `response_timeout`, `reconnect_attempts`, `batch_keys`,
+//!   `batch_bytes`, and for TLS `tls_ca`, `tls_cert`, `tls_key` (see [`RedisConfig`]).
+//!   Passwords never appear in logs, errors or reports.
 //! - Batches are single commands (`MGET`, `MSET`, `UNLINK`) or pipelines, chunked by keys and
 //!   bytes; in cluster mode the client splits multi-key commands by slot.
 //! - Key listing uses `SCAN` (never `KEYS`), on every primary of a cluster.
@@ -81,7 +82,7 @@ impl RedisBackend {
         let connect = async {
             Ok::<_, Error>(match target {
                 Target::Single(u) => {
-                    let client = redis::Client::open(u.as_str()).map_err(|e| {
+                    let client = open_client(&u, &config).map_err(|e| {
                         Error::new(
                             ErrorKind::ConfigInvalid,
                             format!(
@@ -268,6 +269,36 @@ impl RedisBackend {
     }
 }
 
+/// A client for one server; with TLS settings, trusting the configured authorities.
+fn open_client(
+    url: &str,
+    config: &RedisConfig,
+) -> std::result::Result<redis::Client, Box<dyn std::error::Error>> {
+    #[cfg(feature = "tls")]
+    if config.tls_ca.is_some() || config.tls_client.is_some() {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))
+        };
+        let root_cert = config.tls_ca.as_deref().map(read).transpose()?;
+        let client_tls = match &config.tls_client {
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            }),
+            None => None,
+        };
+        return Ok(redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )?);
+    }
+    let _ = config;
+    Ok(redis::Client::open(url)?)
+}
+
 /// Removes the raw URL (which may hold a password) from a message.
 fn scrub(message: &str, raw_url: &str) -> String {
     message.replace(raw_url, &redact(raw_url))
@@ -278,7 +309,11 @@ fn convert(e: RedisError, describe: &str, what: &str) -> Error {
     use redis::{ErrorKind as K, ServerErrorKind as S};
     let kind = e.kind();
     let code = e.code().unwrap_or("");
-    let (ours, temporary) = if e.is_io_error()
+    let text = e.to_string();
+    let (ours, temporary) = if text.contains("certificate") {
+        // A TLS verification failure will not pass by retrying.
+        (ErrorKind::PermissionDenied, false)
+    } else if e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
@@ -302,9 +337,7 @@ fn convert(e: RedisError, describe: &str, what: &str) -> Error {
             ) => (ErrorKind::Unavailable, true),
             K::ClusterConnectionNotFound => (ErrorKind::Unavailable, true),
             K::InvalidClientConfig => (ErrorKind::ConfigInvalid, false),
-            K::Server(S::ResponseError)
-                if code == "WRONGTYPE" || e.to_string().contains("WRONGTYPE") =>
-            {
+            K::Server(S::ResponseError) if code == "WRONGTYPE" || text.contains("WRONGTYPE") => {
                 (ErrorKind::Corrupt, false)
             }
             K::Parse | K::UnexpectedReturnType => (ErrorKind::Unexpected, false),

@@ -216,3 +216,33 @@ async fn ttl_expires_entries_and_warms_restore_them() {
     assert_eq!(check.missing.len(), 5);
     assert_eq!(warmer.run_once().await.unwrap().written, 5);
 }
+
+#[tokio::test]
+async fn tls_verifies_the_server_certificate() {
+    let server = tokio::task::spawn_blocking(RedisServer::start_tls)
+        .await
+        .unwrap();
+    let ok = RedisBackend::connect(&server.url()).await.unwrap();
+    assert!(ok.describe().starts_with("rediss://"));
+    ok.set("k", "v".into()).await.unwrap();
+    assert_eq!(ok.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    // Without our test authority the system roots do not trust the server: a permanent error.
+    let err = RedisBackend::connect(&format!("rediss://127.0.0.1:{}", server.port()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(!err.is_temporary());
+    // Plain text to a TLS port fails, and a missing CA file is named.
+    assert!(
+        RedisBackend::connect(&format!("redis://127.0.0.1:{}", server.port()))
+            .await
+            .is_err()
+    );
+    let err = RedisBackend::connect(&format!(
+        "rediss://127.0.0.1:{}?tls_ca=/no/such/ca.pem",
+        server.port()
+    ))
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("/no/such/ca.pem"), "{err}");
+}

@@ -91,6 +91,7 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     args: Vec<String>,
+    tls: bool,
 }
 
 impl RedisServer {
@@ -101,17 +102,27 @@ impl RedisServer {
 
     /// Starts a server with extra `redis-server` arguments (e.g. `["--requirepass", "pw"]`).
     pub fn start_with(extra: &[&str]) -> Self {
-        Self::start_inner(extra, false)
+        Self::start_inner(extra, false, false)
     }
 
-    fn start_inner(extra: &[&str], cluster: bool) -> Self {
+    /// Starts a server that accepts only TLS, with a certificate for 127.0.0.1 signed by a
+    /// throw-away certificate authority ([`Self::tls_ca`]); made with the `openssl` command.
+    pub fn start_tls() -> Self {
+        Self::start_inner(&[], false, true)
+    }
+
+    fn start_inner(extra: &[&str], cluster: bool, tls: bool) -> Self {
         require("redis-server", "redis-server");
         let mut dir = tempfile::tempdir().expect("temporary directory for redis-server");
+        if tls {
+            make_certificates(dir.path());
+        }
         let mut last_err = String::new();
         for _ in 0..5 {
             let port = free_port(cluster);
+            let port_arg = if tls { "--tls-port" } else { "--port" };
             let mut args: Vec<String> = [
-                "--port",
+                port_arg,
                 &port.to_string(),
                 "--bind",
                 "127.0.0.1",
@@ -145,12 +156,29 @@ impl RedisServer {
                     .map(String::from),
                 );
             }
+            if tls {
+                let p = |f: &str| dir.path().join(f).display().to_string();
+                args.extend([
+                    "--port".into(),
+                    "0".into(),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                ]);
+                args.extend([
+                    "--tls-cert-file".into(),
+                    p("server.crt"),
+                    "--tls-key-file".into(),
+                    p("server.key"),
+                ]);
+                args.extend(["--tls-ca-cert-file".into(), p("ca.crt")]);
+            }
             args.extend(extra.iter().map(|s| s.to_string()));
             let mut server = RedisServer {
                 child: None,
                 port,
                 dir,
                 args,
+                tls,
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -186,12 +214,27 @@ impl RedisServer {
             Some(pw) => format!("AUTH {pw}\r\nPING\r\n"),
             None => "PING\r\n".to_owned(),
         };
-        match ask(
-            self.port,
-            request.as_bytes(),
-            "+PONG",
-            Instant::now() + START_TIMEOUT,
-        ) {
+        let ready = if self.tls {
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                let out = self.cli_output(&["PING"]);
+                if out.contains("PONG") {
+                    break Ok(out);
+                }
+                if Instant::now() > deadline {
+                    break Err(out);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        } else {
+            ask(
+                self.port,
+                request.as_bytes(),
+                "+PONG",
+                Instant::now() + START_TIMEOUT,
+            )
+        };
+        match ready {
             Ok(_) => Ok(()),
             Err(got) => {
                 let log =
@@ -210,9 +253,18 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT`, or for a TLS server
+    /// `rediss://127.0.0.1:PORT?tls_ca=<its certificate authority>`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.tls_ca() {
+            Some(ca) => format!("rediss://127.0.0.1:{}?tls_ca={}", self.port, ca.display()),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The PEM certificate authority a TLS server's certificate is signed by.
+    pub fn tls_ca(&self) -> Option<PathBuf> {
+        self.tls.then(|| self.dir.path().join("ca.crt"))
     }
 
     /// Its working directory (logs, cluster config).
@@ -240,7 +292,31 @@ impl RedisServer {
 
     /// Runs `redis-cli` against this server with `args` and returns its stdout.
     pub fn cli(&self, args: &[&str]) -> String {
-        redis_cli(self.port, args)
+        match self.tls_ca() {
+            Some(ca) => {
+                let ca = ca.display().to_string();
+                let mut all = vec!["--tls", "--cacert", ca.as_str()];
+                all.extend_from_slice(args);
+                redis_cli(self.port, &all)
+            }
+            None => redis_cli(self.port, args),
+        }
+    }
+
+    fn cli_output(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(ca) = self.tls_ca() {
+            cmd.arg("--tls").arg("--cacert").arg(ca);
+        }
+        match cmd.args(args).output() {
+            Ok(o) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => e.to_string(),
+        }
     }
 }
 
@@ -248,6 +324,77 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         kill(&mut self.child);
     }
+}
+
+/// Writes `ca.crt`, `server.crt` and `server.key` (EC P-256, for IP 127.0.0.1) into `dir`.
+fn make_certificates(dir: &Path) {
+    require("openssl", "openssl");
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("write ext.cnf");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tcache test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ];
+    ca.extend(ec);
+    run(&ca);
+    let mut csr = vec![
+        "req",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ];
+    csr.extend(ec);
+    run(&csr);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
+    ]);
 }
 
 /// Runs `redis-cli -p PORT args...`, panicking with its stderr if it fails.
@@ -277,7 +424,7 @@ impl RedisCluster {
     /// Starts `primaries` nodes (at least 3) and waits until the cluster state is ok everywhere.
     pub fn start(primaries: usize) -> Self {
         let nodes: Vec<RedisServer> = (0..primaries.max(3))
-            .map(|_| RedisServer::start_inner(&[], true))
+            .map(|_| RedisServer::start_inner(&[], true, false))
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
@@ -364,7 +511,7 @@ impl MemcachedServer {
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot run memcached: {e}"))?;
         self.child = Some(child);
