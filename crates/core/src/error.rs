@@ -129,8 +129,12 @@ impl Error {
 
     /// A one-line description including the source chain, for reports.
     pub fn to_report_string(&self) -> String {
+        self.with_sources(self.to_string())
+    }
+
+    /// `s` followed by each source's text not already in it.
+    fn with_sources(&self, mut s: String) -> String {
         use std::error::Error as _;
-        let mut s = self.to_string();
         let mut cur = self.source();
         while let Some(e) = cur {
             let text = e.to_string();
@@ -174,26 +178,9 @@ impl Clone for Error {
         Error {
             kind: self.kind,
             temporary: self.temporary,
-            message: self.to_report_string_without_kind(),
+            message: self.with_sources(self.message.clone()),
             source: None,
         }
-    }
-}
-
-impl Error {
-    fn to_report_string_without_kind(&self) -> String {
-        use std::error::Error as _;
-        let mut s = self.message.clone();
-        let mut cur = self.source();
-        while let Some(e) = cur {
-            let text = e.to_string();
-            if !s.contains(&text) {
-                s.push_str(": ");
-                s.push_str(&text);
-            }
-            cur = e.source();
-        }
-        s
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use template_cache_core::{
     CacheBackend, CheckMode, Checker, ContentHash, EngineConfig, ErrorKind, IndexChanges,
-    IndexEntry, Namespace, ResolvePolicy, RetryPolicy, SourceConfig, Warmer,
+    IndexEntry, Namespace, ResolvePolicy, SourceConfig, Warmer,
 };
 use template_cache_memcached::MemcachedBackend;
 use template_cache_test_servers::MemcachedServer;
@@ -188,60 +188,18 @@ async fn one_of_two_servers_restarting_mid_warm_is_survived_and_the_next_run_con
         b.addr()
     );
     let backend: Arc<dyn CacheBackend> = Arc::new(MemcachedBackend::connect(&url).await.unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    template_cache_testkit::sample_tree(dir.path(), 3000);
-    let mut cfg = config(dir.path(), "fault");
-    cfg.throttle.batch_max_templates = 50;
-    cfg.throttle.concurrency = 2;
-    cfg.throttle.templates_per_second = Some(1500.0);
-    cfg.retry = RetryPolicy {
-        max_attempts: 2,
-        initial_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(50),
-    };
-    let warmer = Warmer::new(Arc::clone(&backend), cfg.clone()).unwrap();
-    let outage = tokio::task::spawn_blocking(move || {
+    let (_b, report) = template_cache_testkit::scenario_outage_during_warm(backend, move || {
         std::thread::sleep(Duration::from_millis(600));
         b.stop();
         std::thread::sleep(Duration::from_millis(700));
         b.restart();
         b
-    });
-    let report = tokio::time::timeout(Duration::from_secs(120), warmer.run_once())
-        .await
-        .expect("no hang")
-        .unwrap();
-    let _b = outage.await.unwrap();
-    assert!(
-        !report.failed.is_empty(),
-        "the outage caused failures: {report:?}"
-    );
+    })
+    .await;
     assert!(
         report.written > 1500,
         "the healthy server kept taking writes: {report:?}"
     );
-    assert!(
-        report
-            .failed
-            .iter()
-            .all(|f| f.kind == ErrorKind::Unavailable && f.attempts <= 2),
-        "{:?}",
-        &report.failed[..3]
-    );
-    let mut converged = false;
-    for _ in 0..3 {
-        if warmer.run_once().await.unwrap().failed.is_empty() {
-            converged = true;
-            break;
-        }
-    }
-    assert!(converged);
-    let check = Checker::new(backend, cfg)
-        .unwrap()
-        .check(CheckMode::Deep)
-        .await
-        .unwrap();
-    assert!(check.consistent, "{check:?}");
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use template_cache_core::{
     CacheBackend, CheckMode, Checker, EngineConfig, ErrorKind, Namespace, ResolvePolicy,
-    RetryPolicy, SourceConfig, Warmer,
+    SourceConfig, Warmer,
 };
 use template_cache_redis::RedisBackend;
 use template_cache_test_servers::{RedisCluster, RedisServer};
@@ -74,64 +74,21 @@ async fn unreachable_server_is_temporary_and_quick() {
 
 #[tokio::test]
 async fn a_server_restart_in_the_middle_of_a_warm_is_survived_and_the_next_run_converges() {
-    let dir = tree(3000);
     let mut server = RedisServer::start();
     let url = format!(
         "{}?response_timeout=1s&connect_timeout=300ms&reconnect_attempts=1",
         server.url()
     );
     let backend: Arc<dyn CacheBackend> = Arc::new(RedisBackend::connect(&url).await.unwrap());
-    let mut cfg = EngineConfig::new(SourceConfig::new(dir.path()));
-    cfg.namespace = Namespace::new("fault").unwrap();
-    cfg.throttle.batch_max_templates = 50;
-    cfg.throttle.concurrency = 2;
-    cfg.throttle.templates_per_second = Some(1500.0);
-    cfg.retry = RetryPolicy {
-        max_attempts: 2,
-        initial_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(50),
-    };
-    let warmer = Warmer::new(Arc::clone(&backend), cfg.clone()).unwrap();
-
-    let outage = tokio::task::spawn_blocking(move || {
+    // The restarted server is empty (persistence off): the next runs must rewrite everything.
+    template_cache_testkit::scenario_outage_during_warm(backend, move || {
         std::thread::sleep(Duration::from_millis(600));
         server.stop();
         std::thread::sleep(Duration::from_millis(700));
         server.restart();
         server
-    });
-    let report = tokio::time::timeout(Duration::from_secs(120), warmer.run_once())
-        .await
-        .expect("no hang");
-    let _server = outage.await.unwrap();
-    let report = report.expect("the run itself completes");
-    assert!(
-        !report.failed.is_empty(),
-        "the outage caused failures: {report:?}"
-    );
-    assert!(report.written > 0);
-    for f in &report.failed {
-        assert!(f.kind == ErrorKind::Unavailable, "{f:?}");
-        assert!(f.attempts <= 2, "{f:?}");
-    }
-
-    // The restarted server is empty (persistence off); the next runs converge.
-    let mut converged = false;
-    for _ in 0..3 {
-        let r = warmer.run_once().await.unwrap();
-        if r.failed.is_empty() {
-            converged = true;
-            break;
-        }
-    }
-    assert!(converged);
-    let check = Checker::new(backend, cfg)
-        .unwrap()
-        .check(CheckMode::Deep)
-        .await
-        .unwrap();
-    assert!(check.consistent, "{check:?}");
-    assert_eq!(check.files, 3000);
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -77,6 +77,18 @@ fn ask(port: u16, request: &[u8], expect: &str, deadline: Instant) -> Result<Str
     Err(last)
 }
 
+/// Calls `spawn` until it succeeds (the old process' port may take a moment to free up).
+fn respawn(what: &str, mut spawn: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        match spawn() {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("{what} did not restart: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
 fn kill(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
         let _ = c.kill();
@@ -280,14 +292,7 @@ impl RedisServer {
     /// Starts the server again on the same port.
     pub fn restart(&mut self) {
         self.stop();
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            match self.spawn() {
-                Ok(()) => return,
-                Err(e) if Instant::now() > deadline => panic!("redis-server did not restart: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
+        respawn("redis-server", || self.spawn());
     }
 
     /// Runs `redis-cli` against this server with `args` and returns its stdout.
@@ -547,14 +552,7 @@ impl MemcachedServer {
     /// Starts the server again on the same port, empty.
     pub fn restart(&mut self) {
         self.stop();
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            match self.spawn() {
-                Ok(()) => return,
-                Err(e) if Instant::now() > deadline => panic!("memcached did not restart: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
+        respawn("memcached", || self.spawn());
     }
 
     /// Sends raw protocol text and returns the reply once it contains `expect`.

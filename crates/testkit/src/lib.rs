@@ -672,3 +672,56 @@ macro_rules! conformance_tests {
 
 #[doc(hidden)]
 pub use template_cache_core as __core;
+
+/// Warms 3,000 templates at a throttled pace (about two seconds) while `outage` runs on a
+/// blocking thread (stop a server, wait, start it again, return its handle). Checks that the run
+/// finishes in bounded time, fails only with temporary errors after at most the configured two
+/// attempts, and that the following runs converge to a consistent cache. Returns the outage's
+/// value and the interrupted run's report for backend-specific assertions.
+pub async fn scenario_outage_during_warm<G: Send + 'static>(
+    b: Arc<dyn CacheBackend>,
+    outage: impl FnOnce() -> G + Send + 'static,
+) -> (G, template_cache_core::WarmReport) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    sample_tree(dir.path(), 3000);
+    let mut cfg = test_config(dir.path(), &fresh_namespace());
+    cfg.throttle.batch_max_templates = 50;
+    cfg.throttle.concurrency = 2;
+    cfg.throttle.templates_per_second = Some(1500.0);
+    cfg.retry = RetryPolicy {
+        max_attempts: 2,
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(50),
+    };
+    let warmer = Warmer::new(Arc::clone(&b), cfg.clone()).expect("warmer");
+    let outage = tokio::task::spawn_blocking(outage);
+    let report = tokio::time::timeout(Duration::from_secs(120), warmer.run_once())
+        .await
+        .expect("the warm neither hangs nor waits unboundedly")
+        .expect("the run itself completes");
+    let guard = outage.await.expect("outage task");
+    assert!(
+        !report.failed.is_empty(),
+        "the outage caused failures: {report:?}"
+    );
+    assert!(report.written > 0, "{report:?}");
+    for f in &report.failed {
+        assert!(f.kind == ErrorKind::Unavailable && f.attempts <= 2, "{f:?}");
+    }
+    let mut converged = false;
+    for _ in 0..3 {
+        if warmer.run_once().await.expect("warm").failed.is_empty() {
+            converged = true;
+            break;
+        }
+    }
+    assert!(converged, "later runs converge");
+    let check = Checker::new(Arc::clone(&b), cfg)
+        .expect("checker")
+        .check(CheckMode::Deep)
+        .await
+        .expect("check");
+    assert!(check.consistent, "{check:?}");
+    assert_eq!(check.files, 3000);
+    (guard, report)
+}
