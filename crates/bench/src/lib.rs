@@ -1,9 +1,4 @@
-//! # template-cache-bench
-//!
-//! A deterministic corpus generator shaped like real template trees, and the backends the
-//! benchmarks compare. The size distribution follows Django's admin templates: log-normal with a
-//! median of about 430 bytes, a mean of about 1.1 KB, a 90th percentile of about 2.7 KB and a
-//! maximum of 18 KB.
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
 use std::io::Write;

@@ -1,12 +1,4 @@
-//! # template-cache-core
-//!
-//! The storage trait ([`CacheBackend`]), the entry format ([`Record`], the index), and the two
-//! engines of template-cache: the [`Warmer`], which writes new and changed templates to a cache,
-//! and the [`Checker`], which compares tree and cache both ways and resolves the differences
-//! behind safety thresholds. Applications read templates with [`TemplateReader`].
-//!
-//! This crate depends on no backend; backends live in their own crates and prove themselves
-//! with `template-cache-testkit`.
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
 pub mod backend;

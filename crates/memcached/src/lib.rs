@@ -1,25 +1,4 @@
-//! # template-cache-memcached
-//!
-//! A [`CacheBackend`] on one or several Memcached servers, through the meta-protocol async
-//! client of the `memcache` crate (`memcache::exp::AsyncMetaClient`).
-//!
-//! - URLs: `memcache://host:port` or `memcache://h1:p1,h2:p2,...`, with optional query
-//!   parameters `ttl`, `connect_timeout`, `io_timeout`, `batch_keys` (see [`MemcachedConfig`]).
-//! - Keys are spread over servers by rendezvous (highest-random-weight) hashing, see
-//!   [`rendezvous`]: adding or removing one of N servers moves only about 1/N of the keys.
-//! - Batches are pipelined per server and the per-server groups run concurrently, so a batch
-//!   costs about one round trip whatever its size.
-//! - Memcached cannot list keys: orphans are found through the core's index, which is sharded to
-//!   fit the item size limit (read from the servers' `stats settings` at connect).
-//! - Values over the item size limit are refused with a clear error naming the limit.
-//! - An evicted entry is reported as missing by the checker and rewritten by the next warm; an
-//!   evicted index shard loses track of the orphans it listed (they can no longer be found),
-//!   and is rebuilt by the next warm for the templates that still exist.
-//!
-//! Why the async meta client rather than the classic blocking `memcache::Client`: the classic
-//! client has no multi-set or multi-delete (one round trip per key), blocks a thread per call,
-//! and pools one connection per server by default; the meta client pipelines whole batches per
-//! server with per-exchange deadlines. `docs/performance.md` has the measurement.
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
 mod config;

@@ -1,8 +1,4 @@
-//! # template-cache-moka
-//!
-//! An in-process [`CacheBackend`] on [`moka::future::Cache`]: fast, bounded by total bytes,
-//! gone when the process exits. Use it for tests, benchmarks, or as a per-instance cache in
-//! front of an application.
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
 use template_cache_core::{Bytes, CacheBackend, Capabilities, Result, async_trait};

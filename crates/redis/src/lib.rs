@@ -1,20 +1,4 @@
-//! # template-cache-redis
-//!
-//! A [`CacheBackend`] on Redis, standalone or Redis Cluster, with the `redis` crate on tokio.
-//!
-//! - URLs: `redis://[user:password@]host:port[/db]`, `rediss://...` (TLS, feature `tls`, on by
-//!   default) and `redis+cluster://[user:password@]host:port,host:port,...`, with optional query
-//!   parameters `ttl`, `connect_timeout`, `response_timeout`, `reconnect_attempts`, `batch_keys`,
-//!   `batch_bytes`, and for TLS `tls_ca`, `tls_cert`, `tls_key` (see [`RedisConfig`]).
-//!   Passwords never appear in logs, errors or reports.
-//! - Batches are single commands (`MGET`, `MSET`, `UNLINK`) or pipelines, chunked by keys and
-//!   bytes; in cluster mode the client splits multi-key commands by slot.
-//! - Key listing uses `SCAN` (never `KEYS`), on every primary of a cluster.
-//! - The index is a Redis hash at `<namespace>:index` (field: template name; value: 32-byte
-//!   SHA-256, 8-byte size, 1-byte flags), read with `HSCAN` and updated with pipelined
-//!   `HSET`/`HDEL`.
-//! - Connection loss and timeouts are temporary errors (the engines retry them) and the
-//!   connection reconnects in the background; authentication and protocol errors are permanent.
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
 mod config;

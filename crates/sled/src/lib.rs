@@ -1,11 +1,4 @@
-//! # template-cache-sled
-//!
-//! An embedded, persistent [`CacheBackend`] on [`sled`]: a database directory on local disk,
-//! no server needed. It is the `tcache` command's default (`sled://.tcache`). sled's calls are
-//! synchronous, so every call runs on tokio's blocking pool; batches are applied atomically with
-//! `apply_batch`, and [`CacheBackend::flush`] makes them durable.
-//!
-//! One process at a time may open a database directory (sled holds a lock on it).
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
 use std::path::{Path, PathBuf};

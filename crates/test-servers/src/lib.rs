@@ -1,9 +1,4 @@
-//! # template-cache-test-servers
-//!
-//! Real `redis-server` and `memcached` processes for tests and benchmarks: started on free
-//! loopback ports with persistence off, awaited until they answer, and stopped when their handle
-//! is dropped (also when a test panics). A missing binary is an error that says how to install
-//! it: tests that need a server fail loudly, they are never skipped.
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 // A test harness: failing loudly with the reason is its job.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]

@@ -1,17 +1,4 @@
-//! # template-cache-testkit
-//!
-//! The behaviour every [`CacheBackend`] must show, as public async functions, plus
-//! [`conformance_tests!`], which expands to one `#[tokio::test]` per function:
-//!
-//! ```ignore
-//! #[cfg(test)]
-//! mod tests {
-//!     template_cache_testkit::conformance_tests!(my_crate::MyBackend::connect("...").unwrap());
-//! }
-//! ```
-//!
-//! Each test works under a fresh random namespace, so runs against a shared server never
-//! collide. Tests of optional behaviour consult [`CacheBackend::capabilities`].
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 // A test kit: failing loudly with the reason is its job.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
