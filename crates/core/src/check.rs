@@ -448,12 +448,7 @@ impl Checker {
             writes.iter().map(|(k, f)| (f.name.as_str(), *k)).collect();
         let files: Vec<SourceFile> = writes.iter().map(|(_, f)| f.clone()).collect();
         let outcome = ctx
-            .write_files(
-                files,
-                &plan.previous,
-                &HashSet::new(),
-                &CancellationToken::new(),
-            )
+            .write_files(files, &plan.previous, &CancellationToken::new())
             .await?;
         for f in &outcome.failed {
             match kinds.get(f.name.as_str()) {

@@ -36,8 +36,6 @@ pub(crate) struct Ctx {
 pub(crate) struct WriteOutcome {
     /// Names written, with their new index entries.
     pub written: Vec<(String, IndexEntry)>,
-    /// Names whose content already matched the cache.
-    pub unchanged: Vec<(String, IndexEntry)>,
     /// Names that failed.
     pub failed: Vec<Failure>,
     /// Encoded bytes written.
@@ -205,16 +203,14 @@ impl Ctx {
     }
 
     /// Writes `files` (in the given order) through the index protocol: mark them pending,
-    /// write records in throttled batches, then confirm written and unchanged ones.
+    /// write records in throttled batches, then confirm the written ones.
     ///
-    /// `previous` holds each name's index entry before the run; `trusted` names whose cached
-    /// entry is known to hold `previous[name].hash`, so an unchanged hash skips the write.
+    /// `previous` holds each name's index entry before the run (its hash is kept while pending).
     /// Batches not started when `cancel` fires are left pending.
     pub async fn write_files(
         &self,
         files: Vec<SourceFile>,
         previous: &HashMap<String, IndexEntry>,
-        trusted: &std::collections::HashSet<String>,
         cancel: &CancellationToken,
     ) -> Result<WriteOutcome> {
         let mut out = WriteOutcome::default();
@@ -246,29 +242,23 @@ impl Ctx {
         );
         let mut stream = futures_util::stream::iter(groups)
             .take_while(|_| std::future::ready(!cancel.is_cancelled()))
-            .map(|group| self.write_batch(group, previous, trusted))
+            .map(|group| self.write_batch(group))
             .buffer_unordered(self.throttle.concurrency);
         while let Some(b) = stream.next().await {
-            self.advance(b.written.len() + b.unchanged.len() + b.failed.len());
+            self.advance(b.written.len() + b.failed.len());
             out.written.extend(b.written);
-            out.unchanged.extend(b.unchanged);
             out.failed.extend(b.failed);
             out.bytes += b.bytes;
         }
         drop(stream);
 
         // Move (not copy) the confirmed entries into the index update, then take them back.
-        let written = out.written.len();
-        let mut upserts = std::mem::take(&mut out.written);
-        upserts.append(&mut out.unchanged);
         let confirm = IndexChanges {
-            upserts,
+            upserts: std::mem::take(&mut out.written),
             removals: Vec::new(),
         };
         let result = self.update_index(&confirm).await;
-        let mut upserts = confirm.upserts;
-        out.unchanged = upserts.split_off(written);
-        out.written = upserts;
+        out.written = confirm.upserts;
         if let Err(e) = result {
             // The entries were written but stay marked pending: a check verifies them by content.
             tracing::error!(error = %e, "could not confirm written templates in the index");
@@ -278,12 +268,7 @@ impl Ctx {
         Ok(out)
     }
 
-    async fn write_batch(
-        &self,
-        group: Vec<SourceFile>,
-        previous: &HashMap<String, IndexEntry>,
-        trusted: &std::collections::HashSet<String>,
-    ) -> WriteOutcome {
+    async fn write_batch(&self, group: Vec<SourceFile>) -> WriteOutcome {
         let mut out = WriteOutcome::default();
         let loaded = self.source.load_many(group).await;
         let caps = self.backend.capabilities();
@@ -307,10 +292,6 @@ impl Ctx {
                 size: content.len() as u64,
                 pending: false,
             };
-            if trusted.contains(&f.name) && previous.get(&f.name).is_some_and(|p| p.hash == hash) {
-                out.unchanged.push((f.name, entry));
-                continue;
-            }
             let key = self.namespace.key_for(&f.name);
             let encoded = match Record::new(f.name.clone(), content, mtime_ns, now).encode() {
                 Ok(v) => v,

@@ -117,24 +117,34 @@ impl Warmer {
             ..Default::default()
         };
         // Clean: the index confirms the hash the fingerprint vouches for, and the entry exists.
-        // Trusted: the entry holds the index's hash, so if the file turns out unchanged once
-        // read, no write is needed.
-        let mut trusted: HashSet<String> = HashSet::new();
+        // Suspect: the entry holds the index's hash but the fingerprint changed (touched, copied
+        // again, checked out again): hash first, and write only if the content changed.
         let mut previous: HashMap<String, IndexEntry> = HashMap::new();
+        let mut suspect: Vec<SourceFile> = Vec::new();
         let mut dirty: Vec<SourceFile> = Vec::new();
         for f in scan.files {
             let entry = index.entries.get(&f.name);
-            if let Some(e) = entry.filter(|e| !e.pending && !evicted.contains(&f.name)) {
-                if self.ctx.source.known_hash(&f) == Some(e.hash) {
-                    report.unchanged += 1;
-                    continue;
-                }
-                trusted.insert(f.name.clone());
-            }
             if let Some(e) = entry {
                 previous.insert(f.name.clone(), *e);
             }
-            dirty.push(f);
+            match entry.filter(|e| !e.pending && !evicted.contains(&f.name)) {
+                Some(e) if self.ctx.source.known_hash(&f) == Some(e.hash) => report.unchanged += 1,
+                Some(_) => suspect.push(f),
+                None => dirty.push(f),
+            }
+        }
+        if !suspect.is_empty() {
+            let (hashes, failed) = self.ctx.hash_all(&suspect).await;
+            report.failed.extend(failed);
+            for f in suspect {
+                match hashes.get(&f.name) {
+                    Some(h) if previous.get(&f.name).is_some_and(|e| e.hash == *h) => {
+                        report.unchanged += 1
+                    }
+                    Some(_) => dirty.push(f),
+                    None => {} // unreadable: already reported as failed
+                }
+            }
         }
         dirty.sort_by_cached_key(|f| self.rank(&f.name));
         tracing::debug!(
@@ -143,12 +153,8 @@ impl Warmer {
             "classified"
         );
 
-        let outcome = self
-            .ctx
-            .write_files(dirty, &previous, &trusted, cancel)
-            .await?;
+        let outcome = self.ctx.write_files(dirty, &previous, cancel).await?;
         report.written = outcome.written.len();
-        report.unchanged += outcome.unchanged.len();
         report.failed.extend(outcome.failed);
         report.bytes_written = outcome.bytes;
         report.cancelled = cancel.is_cancelled()

@@ -288,7 +288,9 @@ async fn unchanged_files_are_not_reread_even_in_a_fresh_process_but_cp_p_is_caug
         .set_modified(mtime)
         .unwrap();
     let r = warmer.run_once().await.unwrap();
-    assert_eq!((r.written, r.files_hashed), (1, 1), "{r:?}");
+    // Read once to compare with the index, once more to write (a file whose content turns out
+    // unchanged is never written, and the index is left alone).
+    assert_eq!((r.written, r.unchanged, r.files_hashed), (1, 2, 2), "{r:?}");
 
     // --checksum re-hashes everything but still writes nothing unchanged.
     cfg.source.checksum = true;
@@ -566,4 +568,28 @@ async fn each_resolution_switch_is_honoured() {
         remaining -= 1;
     }
     assert!(checker.check(CheckMode::Deep).await.unwrap().consistent);
+}
+
+#[tokio::test]
+async fn re_copied_unchanged_files_cause_no_writes_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    tree(dir.path(), &["a.html", "b.html", "c/d.html"]);
+    let m = Arc::new(Memory::default());
+    let cfg = config(dir.path(), "t");
+    let warmer = Warmer::new(m.clone(), cfg).unwrap();
+    assert_eq!(warmer.run_once().await.unwrap().written, 3);
+    let writes_before = m.writes.lock().unwrap().len();
+    // A deploy copies the same content again: new mtimes and ctimes, same bytes.
+    for n in ["a.html", "b.html", "c/d.html"] {
+        let p = dir.path().join(n);
+        let content = std::fs::read(&p).unwrap();
+        std::fs::write(&p, content).unwrap();
+    }
+    let r = warmer.run_once().await.unwrap();
+    assert_eq!((r.written, r.unchanged, r.files_hashed), (0, 3, 3), "{r:?}");
+    assert_eq!(
+        m.writes.lock().unwrap().len(),
+        writes_before,
+        "neither entries nor the index were written"
+    );
 }

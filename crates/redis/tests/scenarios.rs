@@ -203,3 +203,47 @@ async fn tls_verifies_the_server_certificate() {
     .unwrap_err();
     assert!(err.to_string().contains("/no/such/ca.pem"), "{err}");
 }
+
+/// Commands the server processed, from `INFO stats`.
+fn commands_processed(server: &RedisServer) -> u64 {
+    let info = server.cli(&["INFO", "stats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("total_commands_processed in INFO stats")
+}
+
+#[tokio::test]
+async fn ten_thousand_templates_take_a_few_dozen_commands_not_ten_thousand() {
+    let server = RedisServer::start();
+    let backend: Arc<dyn CacheBackend> =
+        Arc::new(RedisBackend::connect(&server.url()).await.unwrap());
+    let dir = tree(10_000);
+    let mut cfg = EngineConfig::new(SourceConfig::new(dir.path()));
+    cfg.namespace = Namespace::new("batching").unwrap();
+    let warmer = Warmer::new(Arc::clone(&backend), cfg.clone()).unwrap();
+    let before = commands_processed(&server);
+    assert_eq!(warmer.run_once().await.unwrap().written, 10_000);
+    let cold = commands_processed(&server) - before;
+    // 40 MSETs of 256, the index marked and confirmed in HSETs of 1,000, a few reads.
+    assert!(
+        cold < 120,
+        "a cold warm of 10,000 templates sent {cold} commands"
+    );
+    let before = commands_processed(&server);
+    assert_eq!(warmer.run_once().await.unwrap().written, 0);
+    let rescan = commands_processed(&server) - before;
+    // One HSCAN page per 10,000 fields, one EXISTS per 1,000 keys.
+    assert!(rescan < 30, "a no-change rescan sent {rescan} commands");
+    let before = commands_processed(&server);
+    assert!(
+        Checker::new(backend, cfg)
+            .unwrap()
+            .check(CheckMode::Deep)
+            .await
+            .unwrap()
+            .consistent
+    );
+    let deep = commands_processed(&server) - before;
+    assert!(deep < 120, "a deep check sent {deep} commands");
+}
