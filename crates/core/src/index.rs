@@ -284,14 +284,24 @@ pub mod sharded {
             apply(&mut all, changes);
             return write_generation(b, ns, all, None, max_value).await;
         };
-        let mut touched: BTreeMap<u32, ()> = BTreeMap::new();
-        for (name, _) in &changes.upserts {
-            touched.insert(shard_of(name, root.shard_count), ());
+        // Group the changes by shard, hashing each name once.
+        type Group<'a> = (Vec<&'a (String, IndexEntry)>, Vec<&'a String>);
+        let mut groups: BTreeMap<u32, Group<'_>> = BTreeMap::new();
+        for u in &changes.upserts {
+            groups
+                .entry(shard_of(&u.0, root.shard_count))
+                .or_default()
+                .0
+                .push(u);
         }
         for name in &changes.removals {
-            touched.insert(shard_of(name, root.shard_count), ());
+            groups
+                .entry(shard_of(name, root.shard_count))
+                .or_default()
+                .1
+                .push(name);
         }
-        let nos: Vec<u32> = touched.into_keys().collect();
+        let nos: Vec<u32> = groups.keys().copied().collect();
         let (mut shards, _lost) = read_shards(b, ns, &root, &nos).await?;
         // A lost shard is recreated from the changes alone: its other names are unknown anyway.
         for &no in &nos {
@@ -302,14 +312,12 @@ pub mod sharded {
         let mut delta: i64 = 0;
         for (no, shard) in &mut shards {
             let before = shard.len() as i64;
-            for (name, e) in &changes.upserts {
-                if shard_of(name, root.shard_count) == *no {
+            if let Some((upserts, removals)) = groups.get(no) {
+                for (name, e) in upserts {
                     shard.insert(name.clone(), *e);
                 }
-            }
-            for name in &changes.removals {
-                if shard_of(name, root.shard_count) == *no {
-                    shard.remove(name);
+                for name in removals {
+                    shard.remove(*name);
                 }
             }
             delta += shard.len() as i64 - before;

@@ -293,7 +293,15 @@ impl Ctx {
                 pending: false,
             };
             let key = self.namespace.key_for(&f.name);
-            let encoded = match Record::new(f.name.clone(), content, mtime_ns, now).encode() {
+            // The hash was computed while reading: do not hash the content again.
+            let record = Record {
+                name: f.name.clone(),
+                hash,
+                mtime_ns,
+                warmed_ns: now,
+                content,
+            };
+            let encoded = match record.encode() {
                 Ok(v) => v,
                 Err(e) => {
                     out.failed.push(Failure::new(f.name, &e, 1));
