@@ -124,13 +124,18 @@ impl Warmer {
         let mut dirty: Vec<SourceFile> = Vec::new();
         for f in scan.files {
             let entry = index.entries.get(&f.name);
+            let confirmed = entry.filter(|e| !e.pending && !evicted.contains(&f.name));
+            if confirmed.is_some_and(|e| self.ctx.source.known_hash(&f) == Some(e.hash)) {
+                report.unchanged += 1;
+                continue;
+            }
             if let Some(e) = entry {
                 previous.insert(f.name.clone(), *e);
             }
-            match entry.filter(|e| !e.pending && !evicted.contains(&f.name)) {
-                Some(e) if self.ctx.source.known_hash(&f) == Some(e.hash) => report.unchanged += 1,
-                Some(_) => suspect.push(f),
-                None => dirty.push(f),
+            if confirmed.is_some() {
+                suspect.push(f);
+            } else {
+                dirty.push(f);
             }
         }
         if !suspect.is_empty() {
