@@ -212,7 +212,7 @@ impl Checker {
         let keys: Vec<String> = exist_check.iter().map(|f| ns.key_for(&f.name)).collect();
         let backend = Arc::clone(&ctx.backend);
         for (range, r) in ctx
-            .chunked(&keys, ctx.key_chunk(), move |k| {
+            .chunked(&keys, ctx.key_chunk(), true, move |k| {
                 let b = Arc::clone(&backend);
                 async move { b.exists_many(&k).await }
             })
@@ -235,7 +235,7 @@ impl Checker {
         ctx.phase("verifying", keys.len());
         let backend = Arc::clone(&ctx.backend);
         for (range, r) in ctx
-            .chunked(&keys, ctx.chunk(), move |k| {
+            .chunked(&keys, ctx.chunk(), true, move |k| {
                 let b = Arc::clone(&backend);
                 async move { b.get_many(&k).await }
             })
@@ -313,7 +313,7 @@ impl Checker {
                 .collect();
             let backend = Arc::clone(&ctx.backend);
             for (range, r) in ctx
-                .chunked(&unknown, ctx.chunk(), move |k| {
+                .chunked(&unknown, ctx.chunk(), true, move |k| {
                     let b = Arc::clone(&backend);
                     async move { b.get_many(&k).await }
                 })
@@ -416,7 +416,7 @@ impl Checker {
         let backend = Arc::clone(&ctx.backend);
         let mut removals = Vec::new();
         for (range, r) in ctx
-            .chunked(&del_keys, ctx.key_chunk(), move |k| {
+            .chunked(&del_keys, ctx.key_chunk(), true, move |k| {
                 let b = Arc::clone(&backend);
                 async move { b.delete_many(&k).await.map(|()| Vec::<()>::new()) }
             })

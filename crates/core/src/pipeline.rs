@@ -130,11 +130,13 @@ impl Ctx {
     }
 
     /// Runs `op` over `keys` in chunks, `concurrency` chunks at a time, with retries; returns the
-    /// per-chunk results in input order.
+    /// per-chunk results in input order. With `rate_limited`, each key counts against the
+    /// templates-per-second limit (checks and resolutions are throttled like warms).
     pub async fn chunked<T, F, Fut>(
         &self,
         keys: &[String],
         chunk: usize,
+        rate_limited: bool,
         op: F,
     ) -> Vec<(std::ops::Range<usize>, Result<Vec<T>>)>
     where
@@ -151,7 +153,9 @@ impl Ctx {
                 let op = op.clone();
                 let slice = keys[range.clone()].to_vec();
                 async move {
-                    self.limiters.admit(0, 0).await;
+                    if rate_limited {
+                        self.limiters.admit(slice.len(), 0).await;
+                    }
                     let (r, _) = self.retry.run(|| op(slice.clone())).await;
                     (range, r)
                 }

@@ -197,7 +197,7 @@ impl Warmer {
         let backend = Arc::clone(&self.ctx.backend);
         let results = self
             .ctx
-            .chunked(&keys, self.ctx.key_chunk(), move |k| {
+            .chunked(&keys, self.ctx.key_chunk(), false, move |k| {
                 let b = Arc::clone(&backend);
                 async move { b.exists_many(&k).await }
             })

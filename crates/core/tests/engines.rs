@@ -593,3 +593,36 @@ async fn re_copied_unchanged_files_cause_no_writes_at_all() {
         "neither entries nor the index were written"
     );
 }
+
+#[tokio::test]
+async fn checks_are_throttled_like_warms() {
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..30).map(|i| format!("t{i}.html")).collect();
+    tree(
+        dir.path(),
+        &names.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let m = Arc::new(Memory::default());
+    let mut cfg = config(dir.path(), "t");
+    Warmer::new(m.clone(), cfg.clone())
+        .unwrap()
+        .run_once()
+        .await
+        .unwrap();
+    cfg.throttle.templates_per_second = Some(20.0);
+    let start = std::time::Instant::now();
+    assert!(
+        Checker::new(m, cfg)
+            .unwrap()
+            .check(CheckMode::Deep)
+            .await
+            .unwrap()
+            .consistent
+    );
+    // A burst of 2, then 28 more fetches at 20 a second.
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(1300) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}
