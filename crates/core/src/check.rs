@@ -186,10 +186,7 @@ impl Checker {
                 0,
             ));
         }
-        let mut plan = Plan {
-            previous: index.entries.clone(),
-            ..Default::default()
-        };
+        let mut plan = Plan::default();
 
         // Files: decide per file whether the index suffices or the entry must be fetched.
         let mut exist_check: Vec<&SourceFile> = Vec::new();
@@ -352,6 +349,12 @@ impl Checker {
         report.consistent = report.inconsistencies() == 0 && report.errors.is_empty();
         ctx.source.prune_state(&scan);
         ctx.source.save_state();
+        // Resolution needs the index entries of what it may write (their hash stays while pending).
+        plan.previous = plan
+            .write
+            .iter()
+            .filter_map(|(_, f)| index.entries.get(&f.name).map(|e| (f.name.clone(), *e)))
+            .collect();
         report.plan = plan;
         report.duration = started.elapsed();
         Ok(report)
