@@ -14,11 +14,17 @@ pub struct SledBackend {
     path: PathBuf,
 }
 
+/// sled's page cache: enough for a warm of 100,000 templates without sled's 1 GiB default.
+const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+
 impl SledBackend {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let db = sled::open(&path)
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(CACHE_CAPACITY_BYTES)
+            .open()
             .map_err(|e| convert(e).context(format!("opening sled database {}", path.display())))?;
         Ok(SledBackend { db, path })
     }
