@@ -92,6 +92,12 @@ fn tree(root: &Path, names: &[&str]) {
     }
 }
 
+/// `count` templates named `t0.html`, `t1.html`, ...
+fn numbered_tree(root: &Path, count: usize) {
+    let names: Vec<String> = (0..count).map(|i| format!("t{i}.html")).collect();
+    tree(root, &names.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
 fn config(root: &Path, ns: &str) -> EngineConfig {
     let mut c = EngineConfig::new(SourceConfig::new(root));
     c.namespace = Namespace::new(ns).unwrap();
@@ -412,11 +418,7 @@ async fn missing_root_and_bad_settings_are_clear_errors() {
 #[tokio::test]
 async fn rate_limits_slow_a_warm_down() {
     let dir = tempfile::tempdir().unwrap();
-    let names: Vec<String> = (0..30).map(|i| format!("t{i}.html")).collect();
-    tree(
-        dir.path(),
-        &names.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    numbered_tree(dir.path(), 30);
     let m = Arc::new(Memory::default());
     let mut cfg = config(dir.path(), "t");
     cfg.throttle.batch_max_templates = 5;
@@ -597,11 +599,7 @@ async fn re_copied_unchanged_files_cause_no_writes_at_all() {
 #[tokio::test]
 async fn checks_are_throttled_like_warms() {
     let dir = tempfile::tempdir().unwrap();
-    let names: Vec<String> = (0..30).map(|i| format!("t{i}.html")).collect();
-    tree(
-        dir.path(),
-        &names.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    numbered_tree(dir.path(), 30);
     let m = Arc::new(Memory::default());
     let mut cfg = config(dir.path(), "t");
     Warmer::new(m.clone(), cfg.clone())
