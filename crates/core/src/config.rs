@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::key::Namespace;
-use crate::scan::SourceConfig;
-use crate::throttle::{RetryPolicy, Throttle};
+use crate::engine::throttle::{RetryPolicy, Throttle};
+use crate::format::key::Namespace;
+use crate::source::scan::SourceConfig;
 
 /// How the warmer and the checker run against one tree and one namespace.
 #[derive(Clone, Debug)]

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::backend::CacheBackend;
+use crate::backend::{Cache, CacheBackend};
 use crate::error::{Error, ErrorKind, Result};
-use crate::key::{ContentHash, Namespace, validate_name};
-use crate::record::Record;
-use crate::scan::{Fingerprint, path_of};
+use crate::format::key::{ContentHash, Namespace, validate_name};
+use crate::format::record::Record;
+use crate::source::scan::{Fingerprint, path_of};
 
 /// Where a template returned by [`TemplateReader::get`] came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub struct Template {
 /// the template tree on a miss or a corrupt entry.
 #[derive(Clone, Debug)]
 pub struct TemplateReader {
-    backend: Arc<dyn CacheBackend>,
+    cache: Cache,
     namespace: Namespace,
     fallback: Option<(PathBuf, u64)>,
 }
@@ -46,7 +46,7 @@ impl TemplateReader {
     /// A reader of `namespace` without fallback.
     pub fn new(backend: Arc<dyn CacheBackend>, namespace: Namespace) -> Self {
         TemplateReader {
-            backend,
+            cache: Cache::new(backend),
             namespace,
             fallback: None,
         }
@@ -65,7 +65,7 @@ impl TemplateReader {
     pub async fn get(&self, name: &str) -> Result<Option<Template>> {
         validate_name(name)?;
         let key = self.namespace.key_for(name);
-        let cached = self.backend.get(&key).await?;
+        let cached = self.cache.get(&key).await?;
         let problem = match cached.as_ref().map(Record::decode) {
             Some(Ok(rec)) if rec.name == name => {
                 metrics::counter!("tcache_reads_total", "origin" => "cache").increment(1);
@@ -102,12 +102,12 @@ impl TemplateReader {
         let Some((content, mtime_ns)) = read else {
             return Ok(None);
         };
-        let record = Record::new(name, content, mtime_ns, crate::now_ns());
+        let record = Record::new(name, content, mtime_ns, crate::time::now_ns());
         let encoded = record.encode()?;
-        self.backend
+        self.cache
             .capabilities()
             .check_value_len(&key, encoded.len())?;
-        if let Err(e) = self.backend.set(&key, encoded).await {
+        if let Err(e) = self.cache.set(&key, encoded).await {
             tracing::warn!(name, error = %e, "read-through could not write the template back");
         }
         metrics::counter!("tcache_reads_total", "origin" => "file").increment(1);

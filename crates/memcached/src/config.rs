@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use template_cache_core::{Error, ErrorKind, Result, url::redact};
+use template_cache_core::Result;
+use template_cache_core::url::{UrlQuery, invalid};
 
 /// Settings of a [`crate::MemcachedBackend`]. URL query parameters of the same names override
 /// them (`memcache://h1:11211,h2:11211?ttl=1d&io_timeout=2s`).
@@ -31,56 +32,39 @@ impl Default for MemcachedConfig {
     }
 }
 
-fn invalid(url: &str, why: impl std::fmt::Display) -> Error {
-    Error::new(
-        ErrorKind::ConfigInvalid,
-        format!("invalid Memcached URL {:?}: {why}", redact(url)),
-    )
-}
+/// The longest `ttl`: Memcached reads a larger expiry as an absolute Unix time.
+const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Parses `memcache://host:port[,host:port...][?params]` into server addresses and settings.
 pub(crate) fn parse(
     url: &str,
     mut config: MemcachedConfig,
 ) -> Result<(Vec<String>, MemcachedConfig)> {
-    let Some(rest) = url.strip_prefix("memcache://") else {
-        return Err(invalid(url, "expected memcache://host:port[,host:port...]"));
+    let (base, mut q) = UrlQuery::parse("Memcached", url);
+    let Some(hosts) = base.strip_prefix("memcache://") else {
+        return Err(q.invalid("expected memcache://host:port[,host:port...]"));
     };
-    let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let dur = || -> Result<Duration> {
-            match humantime::parse_duration(v) {
-                Ok(d) if !d.is_zero() => Ok(d),
-                _ => Err(invalid(
-                    url,
-                    format!("{k}={v:?} is not a positive duration"),
-                )),
-            }
-        };
-        match k {
-            "ttl" => {
-                let d = dur()?;
-                if d > Duration::from_secs(30 * 24 * 3600) {
-                    return Err(invalid(url, "ttl must be at most 30 days"));
-                }
-                config.ttl = Some(d);
-            }
-            "connect_timeout" => config.connect_timeout = dur()?,
-            "io_timeout" => config.io_timeout = dur()?,
-            "batch_keys" => {
-                config.batch_max_keys = v.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
-                    invalid(
-                        url,
-                        format!("batch_keys={v:?} is not a positive whole number"),
-                    )
-                })?;
-            }
-            _ => return Err(invalid(url, format!("unknown parameter {k:?}"))),
+    if let Some(d) = q.duration("ttl")? {
+        if d > MAX_TTL {
+            return Err(q.invalid(
+                "ttl must be at most 30 days (Memcached reads a longer expiry as a Unix time)",
+            ));
         }
+        config.ttl = Some(d);
     }
+    if let Some(d) = q.duration("connect_timeout")? {
+        config.connect_timeout = d;
+    }
+    if let Some(d) = q.duration("io_timeout")? {
+        config.io_timeout = d;
+    }
+    if let Some(n) = q.count("batch_keys")? {
+        config.batch_max_keys = n;
+    }
+    q.finish()?;
     if hosts.contains('@') {
         return Err(invalid(
+            "Memcached",
             url,
             "Memcached has no authentication in this backend; remove user:password@",
         ));
@@ -91,7 +75,13 @@ pub(crate) fn parse(
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
                 servers.push(h.to_owned())
             }
-            _ => return Err(invalid(url, format!("server {h:?} is not host:port"))),
+            _ => {
+                return Err(invalid(
+                    "Memcached",
+                    url,
+                    format!("server {h:?} is not host:port"),
+                ));
+            }
         }
     }
     Ok((servers, config))

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use memcache::exp::{AsyncMetaClient, Delete, Error as McError, Get, Set};
 use template_cache_core::{
-    Bytes, CacheBackend, Capabilities, Error, ErrorKind, Result, async_trait, url::redact,
+    Bytes, CacheBackend, Capabilities, Error, ErrorKind, Expiry, IndexLayout, Result, async_trait,
+    url::redact,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -91,14 +92,13 @@ impl MemcachedBackend {
             .map_or(0, |t| u32::try_from(t.as_secs().max(1)).unwrap_or(u32::MAX))
     }
 
-    /// A set with the configured expiry for template entries; index records never expire.
-    fn set_op(&self, key: &str, value: &[u8]) -> Set {
-        let ttl = if is_template_key(key) {
-            self.ttl_secs()
-        } else {
-            0
-        };
-        Set::new(key, value).ttl_raw(ttl)
+    /// Memcached's expiry for a write: the configured TTL for [`Expiry::Entry`], `0` (never)
+    /// otherwise.
+    fn ttl_for(&self, expiry: Expiry) -> u32 {
+        match expiry {
+            Expiry::Entry => self.ttl_secs(),
+            Expiry::Never => 0,
+        }
     }
 
     /// Runs a batch and turns per-operation errors into one error (the first, temporary if any
@@ -128,12 +128,6 @@ impl MemcachedBackend {
             Some(e) => Err(e),
         }
     }
-}
-
-/// Whether `key` is a template entry (`<namespace>:<64 hex>`), not an index record.
-fn is_template_key(key: &str) -> bool {
-    key.rsplit_once(':')
-        .is_some_and(|(_, h)| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Reads `item_size_max` from `stats settings` on one server.
@@ -198,114 +192,69 @@ impl CacheBackend for MemcachedBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             list_keys: false,
-            native_batch: true,
             batch_max_keys: Some(self.config.batch_max_keys),
+            batch_max_bytes: None,
             max_value_bytes: Some(self.max_value),
-            persistent: false,
-            shared: true,
             evicts: true,
         }
+    }
+
+    fn index_layout(&self) -> IndexLayout {
+        IndexLayout::Sharded
     }
 
     fn describe(&self) -> String {
         self.describe.clone()
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        let r = self
-            .client
-            .run(Get::new(key))
-            .await
-            .map_err(|e| convert(e, &self.describe, "get"))?;
-        Ok(if r.hit() {
-            Some(Bytes::from(r.value.unwrap_or_default()))
-        } else {
-            None
-        })
-    }
-
-    async fn set(&self, key: &str, value: Bytes) -> Result<()> {
-        self.capabilities().check_value_len(key, value.len())?;
-        let r = self
-            .client
-            .run(self.set_op(key, &value))
-            .await
-            .map_err(|e| convert(e, &self.describe, "set"))?;
-        if !r.applied() {
-            return Err(Error::new(
-                ErrorKind::Unexpected,
-                format!("{}: set of {key} was not stored", self.describe),
-            ));
-        }
-        Ok(())
-    }
-
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.client
-            .run(Delete::new(key))
-            .await
-            .map_err(|e| convert(e, &self.describe, "delete"))?;
-        Ok(())
-    }
-
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(self.config.batch_max_keys) {
-            let r = self.client.run_many(chunk.iter().map(Get::new)).await;
-            for g in self.collect("multi-get", r)? {
-                out.push(if g.hit() {
-                    Some(Bytes::from(g.value.unwrap_or_default()))
-                } else {
-                    None
-                });
-            }
-        }
-        Ok(out)
+        let r = self.client.run_many(keys.iter().map(Get::new)).await;
+        Ok(self
+            .collect("multi-get", r)?
+            .into_iter()
+            .map(|g| g.hit().then(|| Bytes::from(g.value.unwrap_or_default())))
+            .collect())
     }
 
-    async fn set_many(&self, entries: &[(String, Bytes)]) -> Result<()> {
-        let caps = self.capabilities();
-        for (k, v) in entries {
-            caps.check_value_len(k, v.len())?;
-        }
-        for chunk in entries.chunks(self.config.batch_max_keys) {
-            let r = self
-                .client
-                .run_many(chunk.iter().map(|(k, v)| self.set_op(k, v)))
-                .await;
-            for (m, (k, _)) in self.collect("multi-set", r)?.into_iter().zip(chunk) {
-                if !m.applied() {
-                    return Err(Error::new(
-                        ErrorKind::Unexpected,
-                        format!("{}: set of {k} was not stored", self.describe),
-                    ));
-                }
+    async fn set_many(&self, entries: &[(String, Bytes)], expiry: Expiry) -> Result<()> {
+        let ttl = self.ttl_for(expiry);
+        let r = self
+            .client
+            .run_many(
+                entries
+                    .iter()
+                    .map(|(k, v)| Set::new(k, v.as_ref()).ttl_raw(ttl)),
+            )
+            .await;
+        for (m, (k, _)) in self.collect("multi-set", r)?.into_iter().zip(entries) {
+            if !m.applied() {
+                return Err(Error::new(
+                    ErrorKind::Unexpected,
+                    format!("{}: set of {k} was not stored", self.describe),
+                ));
             }
         }
         Ok(())
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<()> {
-        for chunk in keys.chunks(self.config.batch_max_keys) {
-            let r = self.client.run_many(chunk.iter().map(Delete::new)).await;
-            self.collect("multi-delete", r)?;
-        }
+        let r = self.client.run_many(keys.iter().map(Delete::new)).await;
+        self.collect("multi-delete", r)?;
         Ok(())
     }
 
     async fn exists_many(&self, keys: &[String]) -> Result<Vec<bool>> {
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(self.config.batch_max_keys) {
-            let r = self
-                .client
-                .run_many(
-                    chunk
-                        .iter()
-                        .map(|k| Get::new(k).without_value().no_lru_bump()),
-                )
-                .await;
-            out.extend(self.collect("multi-exists", r)?.iter().map(|g| g.hit()));
-        }
-        Ok(out)
+        let r = self
+            .client
+            .run_many(
+                keys.iter()
+                    .map(|k| Get::new(k).without_value().no_lru_bump()),
+            )
+            .await;
+        Ok(self
+            .collect("multi-exists", r)?
+            .iter()
+            .map(|g| g.hit())
+            .collect())
     }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use template_cache_core::{
-    CacheBackend, CheckMode, Checker, ContentHash, EngineConfig, ErrorKind, IndexChanges,
-    IndexEntry, Namespace, ResolvePolicy, SourceConfig, Warmer,
+    Cache, CacheBackend, CheckMode, Checker, ContentHash, EngineConfig, ErrorKind, IndexChanges,
+    IndexEntry, Namespace, ResolvePolicy, SourceConfig, Warmer, index,
 };
 use template_cache_memcached::MemcachedBackend;
 use template_cache_test_servers::MemcachedServer;
@@ -48,8 +48,9 @@ async fn evicted_entries_are_reported_missing_and_restored_by_a_warm() {
             )
         })
         .collect();
+    let cache = Cache::new(Arc::clone(&backend));
     for chunk in filler.chunks(50) {
-        backend.set_many(chunk).await.unwrap();
+        cache.set_many(chunk).await.unwrap();
     }
     let checker = Checker::new(Arc::clone(&backend), cfg).unwrap();
     let report = checker.check(CheckMode::Quick).await.unwrap();
@@ -118,17 +119,18 @@ async fn an_index_of_100k_templates_fits_the_item_limit() {
             )
         })
         .collect();
-    backend
-        .update_index(
-            &ns,
-            &IndexChanges {
-                upserts: upserts.clone(),
-                removals: vec![],
-            },
-        )
-        .await
-        .unwrap();
-    let snap = backend.load_index(&ns).await.unwrap().unwrap();
+    let cache = Cache::new(Arc::new(backend));
+    index::update(
+        &cache,
+        &ns,
+        &IndexChanges {
+            upserts: upserts.clone(),
+            removals: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    let snap = index::load(&cache, &ns).await.unwrap().unwrap();
     assert!(snap.lost.is_empty(), "{:?}", snap.lost);
     assert_eq!(snap.entries.len(), 100_000);
     assert_eq!(

@@ -1,7 +1,9 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
-use template_cache_core::{Bytes, CacheBackend, Capabilities, Result, async_trait};
+use template_cache_core::{
+    Bytes, CacheBackend, Capabilities, Expiry, IndexLayout, Result, async_trait,
+};
 
 /// The default capacity: 1 GiB of keys and values.
 pub const DEFAULT_CAPACITY_BYTES: u64 = 1 << 30;
@@ -44,7 +46,6 @@ impl CacheBackend for MokaBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             list_keys: true,
-            native_batch: false,
             max_value_bytes: Some(
                 usize::try_from(self.capacity.min(u64::from(u32::MAX))).unwrap_or(usize::MAX),
             ),
@@ -53,22 +54,34 @@ impl CacheBackend for MokaBackend {
         }
     }
 
+    fn index_layout(&self) -> IndexLayout {
+        IndexLayout::Sharded
+    }
+
     fn describe(&self) -> String {
         "moka://".to_owned()
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        Ok(self.cache.get(key).await)
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.cache.get(key).await);
+        }
+        Ok(out)
     }
 
-    async fn set(&self, key: &str, value: Bytes) -> Result<()> {
-        self.capabilities().check_value_len(key, value.len())?;
-        self.cache.insert(key.to_owned(), value).await;
+    /// Entries never expire here (moka evicts by size only), whatever `expiry` says.
+    async fn set_many(&self, entries: &[(String, Bytes)], _expiry: Expiry) -> Result<()> {
+        for (key, value) in entries {
+            self.cache.insert(key.clone(), value.clone()).await;
+        }
         Ok(())
     }
 
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.cache.invalidate(key).await;
+    async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        for key in keys {
+            self.cache.invalidate(key).await;
+        }
         Ok(())
     }
 

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use template_cache_core::{Error, ErrorKind, Result, url::redact};
+use template_cache_core::url::{UrlQuery, invalid, redact};
+use template_cache_core::{Error, ErrorKind, Result};
 
 /// Settings of a [`crate::RedisBackend`]. URL query parameters of the same names override them
 /// (`redis://host:6379/0?ttl=1h&response_timeout=5s`).
@@ -57,73 +58,49 @@ pub(crate) enum Target {
     },
 }
 
-fn invalid(url: &str, why: impl std::fmt::Display) -> Error {
-    Error::new(
-        ErrorKind::ConfigInvalid,
-        format!("invalid Redis URL {:?}: {why}", redact(url)),
-    )
-}
-
-fn duration(url: &str, key: &str, value: &str) -> Result<Duration> {
-    let d = humantime::parse_duration(value)
-        .map_err(|e| invalid(url, format!("{key}={value:?}: {e}")))?;
-    if d.is_zero() {
-        return Err(invalid(url, format!("{key} must be positive")));
-    }
-    Ok(d)
-}
-
-fn number(url: &str, key: &str, value: &str) -> Result<usize> {
-    match value.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(invalid(
-            url,
-            format!("{key}={value:?} is not a positive whole number"),
-        )),
-    }
-}
-
 /// Parses `redis://`, `rediss://` and `redis+cluster://` URLs, applying our query parameters to
 /// `config`.
 pub(crate) fn parse(url: &str, mut config: RedisConfig) -> Result<(Target, RedisConfig)> {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let mut passthrough = Vec::new();
-    let (mut cert, mut key) = (None, None);
-    for pair in query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .filter(|p| !p.is_empty())
-    {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "ttl" => config.ttl = Some(duration(url, k, v)?),
-            "connect_timeout" => config.connect_timeout = duration(url, k, v)?,
-            "response_timeout" => config.response_timeout = duration(url, k, v)?,
-            "reconnect_attempts" => config.reconnect_attempts = number(url, k, v)?,
-            "batch_keys" => config.batch_max_keys = number(url, k, v)?,
-            "batch_bytes" => config.batch_max_bytes = number(url, k, v)?,
-            "tls_ca" => config.tls_ca = Some(v.into()),
-            "tls_cert" => cert = Some(std::path::PathBuf::from(v)),
-            "tls_key" => key = Some(std::path::PathBuf::from(v)),
-            _ => passthrough.push(pair),
-        }
+    let (base, mut q) = UrlQuery::parse("Redis", url);
+    if let Some(d) = q.duration("ttl")? {
+        config.ttl = Some(d);
     }
-    match (cert, key) {
+    if let Some(d) = q.duration("connect_timeout")? {
+        config.connect_timeout = d;
+    }
+    if let Some(d) = q.duration("response_timeout")? {
+        config.response_timeout = d;
+    }
+    if let Some(n) = q.count("reconnect_attempts")? {
+        config.reconnect_attempts = n;
+    }
+    if let Some(n) = q.count("batch_keys")? {
+        config.batch_max_keys = n;
+    }
+    if let Some(n) = q.count("batch_bytes")? {
+        config.batch_max_bytes = n;
+    }
+    if let Some(p) = q.path("tls_ca") {
+        config.tls_ca = Some(p);
+    }
+    match (q.path("tls_cert"), q.path("tls_key")) {
         (Some(c), Some(k)) => config.tls_client = Some((c, k)),
         (None, None) => {}
-        _ => return Err(invalid(url, "tls_cert and tls_key go together")),
+        _ => return Err(q.invalid("tls_cert and tls_key go together")),
     }
     let Some((scheme, rest)) = base.split_once("://") else {
         return Err(invalid(
+            "Redis",
             url,
             "expected redis://, rediss:// or redis+cluster://",
         ));
     };
     if scheme != "rediss" && (config.tls_ca.is_some() || config.tls_client.is_some()) {
-        return Err(invalid(url, "tls_ca, tls_cert and tls_key need rediss://"));
+        return Err(invalid(
+            "Redis",
+            url,
+            "tls_ca, tls_cert and tls_key need rediss://",
+        ));
     }
     match scheme {
         "redis" | "rediss" => {
@@ -137,22 +114,19 @@ pub(crate) fn parse(url: &str, mut config: RedisConfig) -> Result<(Target, Redis
                 ));
             }
             if rest.is_empty() {
-                return Err(invalid(url, "no host"));
+                return Err(invalid("Redis", url, "no host"));
             }
+            // Parameters we do not read are the `redis` crate's own (`protocol=resp3`, ...).
             let mut single = base.to_owned();
+            let passthrough = q.rest();
             if !passthrough.is_empty() {
                 single.push('?');
-                single.push_str(&passthrough.join("&"));
+                single.push_str(&passthrough);
             }
             Ok((Target::Single(single), config))
         }
         "redis+cluster" => {
-            if !passthrough.is_empty() {
-                return Err(invalid(
-                    url,
-                    format!("unknown parameter(s) {}", passthrough.join("&")),
-                ));
-            }
+            q.finish()?;
             let (userinfo, hosts) = match rest.rsplit_once('@') {
                 Some((u, h)) => (Some(u), h),
                 None => (None, rest),
@@ -170,9 +144,13 @@ pub(crate) fn parse(url: &str, mut config: RedisConfig) -> Result<(Target, Redis
             for h in hosts.split(',') {
                 let (host, port) = h
                     .rsplit_once(':')
-                    .ok_or_else(|| invalid(url, format!("node {h:?} is not host:port")))?;
+                    .ok_or_else(|| invalid("Redis", url, format!("node {h:?} is not host:port")))?;
                 if host.is_empty() || port.parse::<u16>().is_err() {
-                    return Err(invalid(url, format!("node {h:?} is not host:port")));
+                    return Err(invalid(
+                        "Redis",
+                        url,
+                        format!("node {h:?} is not host:port"),
+                    ));
                 }
                 nodes.push(format!("redis://{h}"));
             }
@@ -185,7 +163,7 @@ pub(crate) fn parse(url: &str, mut config: RedisConfig) -> Result<(Target, Redis
                 config,
             ))
         }
-        other => Err(invalid(url, format!("unknown scheme {other:?}"))),
+        other => Err(invalid("Redis", url, format!("unknown scheme {other:?}"))),
     }
 }
 

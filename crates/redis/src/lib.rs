@@ -3,17 +3,14 @@
 
 mod config;
 
-use std::collections::HashMap;
-
 use futures_util::future::try_join_all;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisError, Value};
-use template_cache_core::index::{IndexChanges, IndexEntry, IndexSnapshot};
 use template_cache_core::{
-    Bytes, CacheBackend, Capabilities, ContentHash, Error, ErrorKind, Namespace, Result,
-    async_trait, url::redact,
+    Bytes, CacheBackend, Capabilities, Error, ErrorKind, Expiry, IndexLayout, Result, async_trait,
+    url::redact,
 };
 
 pub use config::RedisConfig;
@@ -21,12 +18,8 @@ use config::Target;
 
 /// Redis limits a bulk string to 512 MiB.
 const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
-/// Fields per `HSET`/`HDEL`.
-const INDEX_CHUNK: usize = 1000;
 /// Elements per `SCAN`/`HSCAN` page: large pages keep round trips few on big namespaces.
 const SCAN_COUNT: usize = 10_000;
-/// Bytes of one index value: SHA-256, size, flags.
-const INDEX_VALUE_LEN: usize = 32 + 8 + 1;
 
 #[derive(Clone)]
 enum Conn {
@@ -151,38 +144,6 @@ impl RedisBackend {
         r.map_err(|e| convert(e, &self.describe, what))
     }
 
-    fn set_cmd(&self, key: &str, value: &[u8]) -> Cmd {
-        let mut c = redis::cmd("SET");
-        c.arg(key).arg(value);
-        if let Some(ttl) = self.config.ttl {
-            c.arg("PX")
-                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
-        }
-        c
-    }
-
-    /// Splits `entries` into chunks within the key and byte limits.
-    fn chunks<'a>(&self, entries: &'a [(String, Bytes)]) -> Vec<&'a [(String, Bytes)]> {
-        let mut out = Vec::new();
-        let (mut start, mut bytes) = (0, 0);
-        for (i, (k, v)) in entries.iter().enumerate() {
-            let size = k.len() + v.len();
-            if i > start
-                && (i - start >= self.config.batch_max_keys
-                    || bytes + size > self.config.batch_max_bytes)
-            {
-                out.push(&entries[start..i]);
-                start = i;
-                bytes = 0;
-            }
-            bytes += size;
-        }
-        if start < entries.len() {
-            out.push(&entries[start..]);
-        }
-        out
-    }
-
     /// The primaries of the cluster as `(host, port)`.
     async fn primaries(&self) -> Result<Vec<(String, u16)>> {
         let nodes: String = self
@@ -283,6 +244,16 @@ fn open_client(
     Ok(redis::Client::open(url)?)
 }
 
+/// `SET key value PX ttl`: a template entry with the configured expiry.
+fn set_px_cmd(key: &str, value: &[u8], ttl: std::time::Duration) -> Cmd {
+    let mut c = redis::cmd("SET");
+    c.arg(key)
+        .arg(value)
+        .arg("PX")
+        .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+    c
+}
+
 /// Removes the raw URL (which may hold a password) from a message.
 fn scrub(message: &str, raw_url: &str) -> String {
     message.replace(raw_url, &redact(raw_url))
@@ -336,27 +307,6 @@ fn convert(e: RedisError, describe: &str, what: &str) -> Error {
     }
 }
 
-fn encode_index_value(e: &IndexEntry) -> [u8; INDEX_VALUE_LEN] {
-    let mut v = [0u8; INDEX_VALUE_LEN];
-    v[..32].copy_from_slice(&e.hash.0);
-    v[32..40].copy_from_slice(&e.size.to_be_bytes());
-    v[40] = u8::from(e.pending);
-    v
-}
-
-fn decode_index_value(v: &[u8]) -> Option<IndexEntry> {
-    if v.len() != INDEX_VALUE_LEN {
-        return None;
-    }
-    let hash = ContentHash(v[..32].try_into().ok()?);
-    let size = u64::from_be_bytes(v[32..40].try_into().ok()?);
-    Some(IndexEntry {
-        hash,
-        size,
-        pending: v[40] & 1 == 1,
-    })
-}
-
 /// Escapes glob metacharacters for `SCAN MATCH`.
 fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -374,117 +324,91 @@ impl CacheBackend for RedisBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             list_keys: true,
-            native_batch: true,
             batch_max_keys: Some(self.config.batch_max_keys),
+            batch_max_bytes: Some(self.config.batch_max_bytes),
             max_value_bytes: Some(MAX_VALUE_BYTES),
-            persistent: true,
-            shared: true,
             evicts: true,
         }
+    }
+
+    fn index_layout(&self) -> IndexLayout {
+        IndexLayout::Hash
     }
 
     fn describe(&self) -> String {
         self.describe.clone()
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        let v: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(key), "GET").await?;
-        Ok(v.map(Bytes::from))
-    }
-
-    async fn set(&self, key: &str, value: Bytes) -> Result<()> {
-        self.capabilities().check_value_len(key, value.len())?;
-        self.query::<()>(&self.set_cmd(key, &value), "SET").await
-    }
-
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.query::<()>(redis::cmd("UNLINK").arg(key), "UNLINK")
-            .await
-    }
-
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(self.config.batch_max_keys) {
-            let vals: Vec<Option<Vec<u8>>> =
-                self.query(redis::cmd("MGET").arg(chunk), "MGET").await?;
-            out.extend(vals.into_iter().map(|v| v.map(Bytes::from)));
-        }
-        Ok(out)
+        let vals: Vec<Option<Vec<u8>>> = self.query(redis::cmd("MGET").arg(keys), "MGET").await?;
+        Ok(vals.into_iter().map(|v| v.map(Bytes::from)).collect())
     }
 
-    async fn set_many(&self, entries: &[(String, Bytes)]) -> Result<()> {
-        let caps = self.capabilities();
-        for (k, v) in entries {
-            caps.check_value_len(k, v.len())?;
+    async fn set_many(&self, entries: &[(String, Bytes)], expiry: Expiry) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
         }
-        for chunk in self.chunks(entries) {
-            match (&self.conn, self.config.ttl) {
-                (_, None) => {
-                    let mut cmd = redis::cmd("MSET");
-                    for (k, v) in chunk {
-                        cmd.arg(k).arg(v.as_ref());
-                    }
-                    self.query::<()>(&cmd, "MSET").await?;
+        let ttl = self.config.ttl.filter(|_| expiry == Expiry::Entry);
+        match (&self.conn, ttl) {
+            (_, None) => {
+                let mut cmd = redis::cmd("MSET");
+                for (k, v) in entries {
+                    cmd.arg(k).arg(v.as_ref());
                 }
-                (Conn::Single(_), Some(_)) => {
-                    let mut pipe = redis::pipe();
-                    for (k, v) in chunk {
-                        pipe.add_command(self.set_cmd(k, v)).ignore();
-                    }
-                    self.pipe::<()>(&pipe, "SET pipeline").await?;
+                self.query::<()>(&cmd, "MSET").await
+            }
+            (Conn::Single(_), Some(ttl)) => {
+                let mut pipe = redis::pipe();
+                for (k, v) in entries {
+                    pipe.add_command(set_px_cmd(k, v, ttl)).ignore();
                 }
-                // Pipelines cannot span slots; concurrent commands are multiplexed instead.
-                (Conn::Cluster(_), Some(_)) => {
-                    try_join_all(chunk.iter().map(|(k, v)| async move {
-                        self.query::<()>(&self.set_cmd(k, v), "SET").await
-                    }))
-                    .await?;
-                }
+                self.pipe::<()>(&pipe, "SET pipeline").await
+            }
+            // Pipelines cannot span slots; concurrent commands are multiplexed instead.
+            (Conn::Cluster(_), Some(ttl)) => {
+                try_join_all(entries.iter().map(|(k, v)| async move {
+                    self.query::<()>(&set_px_cmd(k, v, ttl), "SET").await
+                }))
+                .await?;
+                Ok(())
             }
         }
-        Ok(())
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<()> {
-        for chunk in keys.chunks(self.config.batch_max_keys) {
-            self.query::<()>(redis::cmd("UNLINK").arg(chunk), "UNLINK")
-                .await?;
+        if keys.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        self.query::<()>(redis::cmd("UNLINK").arg(keys), "UNLINK")
+            .await
     }
 
     async fn exists_many(&self, keys: &[String]) -> Result<Vec<bool>> {
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(self.config.batch_max_keys) {
-            // One multi-key EXISTS counts the chunk: when all exist (the common case) that is
-            // the answer; otherwise ask key by key.
-            let count: usize = self
-                .query(redis::cmd("EXISTS").arg(chunk), "EXISTS")
-                .await?;
-            if count == chunk.len() {
-                out.extend(std::iter::repeat_n(true, chunk.len()));
-                continue;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One multi-key EXISTS counts the batch: when all exist (the common case) that is the
+        // answer; otherwise ask key by key.
+        let count: usize = self.query(redis::cmd("EXISTS").arg(keys), "EXISTS").await?;
+        if count == keys.len() {
+            return Ok(vec![true; keys.len()]);
+        }
+        match &self.conn {
+            Conn::Single(_) => {
+                let mut pipe = redis::pipe();
+                for k in keys {
+                    pipe.cmd("EXISTS").arg(k);
+                }
+                self.pipe(&pipe, "EXISTS pipeline").await
             }
-            match &self.conn {
-                Conn::Single(_) => {
-                    let mut pipe = redis::pipe();
-                    for k in chunk {
-                        pipe.cmd("EXISTS").arg(k);
-                    }
-                    let found: Vec<bool> = self.pipe(&pipe, "EXISTS pipeline").await?;
-                    out.extend(found);
-                }
-                Conn::Cluster(_) => {
-                    let found = try_join_all(chunk.iter().map(|k| async move {
-                        self.query::<bool>(redis::cmd("EXISTS").arg(k), "EXISTS")
-                            .await
-                    }))
-                    .await?;
-                    out.extend(found);
-                }
+            Conn::Cluster(_) => {
+                try_join_all(keys.iter().map(|k| async move {
+                    self.query::<bool>(redis::cmd("EXISTS").arg(k), "EXISTS")
+                        .await
+                }))
+                .await
             }
         }
-        Ok(out)
     }
 
     async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
@@ -501,84 +425,66 @@ impl CacheBackend for RedisBackend {
         }
     }
 
-    async fn load_index(&self, namespace: &Namespace) -> Result<Option<IndexSnapshot>> {
-        let key = namespace.index_root_key();
-        let exists: bool = self.query(redis::cmd("EXISTS").arg(&key), "EXISTS").await?;
-        if !exists {
-            return Ok(None);
+    async fn hash_scan(&self, key: &str, cursor: u64) -> Result<(u64, Vec<(Bytes, Bytes)>)> {
+        let (next, flat): (u64, Vec<Vec<u8>>) = self
+            .query(
+                redis::cmd("HSCAN")
+                    .arg(key)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT),
+                "HSCAN",
+            )
+            .await?;
+        if flat.len() % 2 != 0 {
+            return Err(Error::new(
+                ErrorKind::Unexpected,
+                format!(
+                    "{}: HSCAN of {key} answered an odd number ({}) of fields and values",
+                    self.describe,
+                    flat.len()
+                ),
+            ));
         }
-        let mut snap = IndexSnapshot::default();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, flat): (u64, Vec<Vec<u8>>) = self
-                .query(
-                    redis::cmd("HSCAN")
-                        .arg(&key)
-                        .arg(cursor)
-                        .arg("COUNT")
-                        .arg(SCAN_COUNT),
-                    "HSCAN",
-                )
-                .await
-                .map_err(|e| e.context(format!("reading index {key}")))?;
-            for pair in flat.chunks(2) {
-                let [name, value] = pair else { continue };
-                match (std::str::from_utf8(name), decode_index_value(value)) {
-                    (Ok(n), Some(e)) => {
-                        snap.entries.insert(n.to_owned(), e);
-                    }
-                    _ => snap.lost.push(format!(
-                        "{key}: malformed field {:?}",
-                        String::from_utf8_lossy(name)
-                    )),
-                }
-            }
-            cursor = next;
-            if cursor == 0 {
-                return Ok(Some(snap));
-            }
+        let mut page = Vec::with_capacity(flat.len() / 2);
+        let mut it = flat.into_iter();
+        while let (Some(field), Some(value)) = (it.next(), it.next()) {
+            page.push((Bytes::from(field), Bytes::from(value)));
         }
+        Ok((next, page))
     }
 
-    async fn update_index(&self, namespace: &Namespace, changes: &IndexChanges) -> Result<()> {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let key = namespace.index_root_key();
-        // Later upserts of a name win, as in the sharded layout.
-        let mut upserts: HashMap<&str, &IndexEntry> = HashMap::new();
-        for (n, e) in &changes.upserts {
-            upserts.insert(n, e);
-        }
-        let upserts: Vec<(&str, &IndexEntry)> = upserts.into_iter().collect();
-        // Pipelines of a few commands each: bounded memory, few round trips.
-        let mut pipe = redis::pipe();
-        let mut queued = 0;
-        for chunk in upserts.chunks(INDEX_CHUNK) {
-            let cmd = pipe.cmd("HSET").arg(&key);
-            for (n, e) in chunk {
-                cmd.arg(*n).arg(&encode_index_value(e)[..]);
+    async fn hash_update(
+        &self,
+        key: &str,
+        set: &[(String, Bytes)],
+        remove: &[String],
+    ) -> Result<()> {
+        let hset = (!set.is_empty()).then(|| {
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(key);
+            for (field, value) in set {
+                cmd.arg(field).arg(value.as_ref());
             }
-            cmd.ignore();
-            queued += 1;
-            if queued == 8 {
-                self.pipe::<()>(&pipe, "HSET pipeline")
-                    .await
-                    .map_err(|e| e.context(format!("updating index {key}")))?;
-                pipe = redis::pipe();
-                queued = 0;
+            cmd
+        });
+        let hdel = (!remove.is_empty()).then(|| {
+            let mut cmd = redis::cmd("HDEL");
+            cmd.arg(key).arg(remove);
+            cmd
+        });
+        match (hset, hdel) {
+            (None, None) => Ok(()),
+            (Some(cmd), None) => self.query::<()>(&cmd, "HSET").await,
+            (None, Some(cmd)) => self.query::<()>(&cmd, "HDEL").await,
+            // Both commands address one key (one slot): one pipeline, one round trip.
+            (Some(hset), Some(hdel)) => {
+                let mut pipe = redis::pipe();
+                pipe.add_command(hset).ignore();
+                pipe.add_command(hdel).ignore();
+                self.pipe::<()>(&pipe, "HSET/HDEL pipeline").await
             }
         }
-        for chunk in changes.removals.chunks(INDEX_CHUNK) {
-            pipe.cmd("HDEL").arg(&key).arg(chunk).ignore();
-            queued += 1;
-        }
-        if queued > 0 {
-            self.pipe::<()>(&pipe, "HSET/HDEL pipeline")
-                .await
-                .map_err(|e| e.context(format!("updating index {key}")))?;
-        }
-        Ok(())
     }
 }
 
@@ -587,18 +493,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn index_values_round_trip() {
-        let e = IndexEntry {
-            hash: ContentHash::of(b"x"),
-            size: 42,
-            pending: true,
-        };
-        assert_eq!(decode_index_value(&encode_index_value(&e)), Some(e));
-        assert_eq!(decode_index_value(b"short"), None);
+    fn globs_are_escaped() {
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
     }
 
     #[test]
-    fn globs_are_escaped() {
-        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    fn set_px_carries_the_ttl_in_milliseconds() {
+        let cmd = set_px_cmd("k", b"v", std::time::Duration::from_millis(1500));
+        let args: Vec<Vec<u8>> = cmd
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => b.to_vec(),
+                redis::Arg::Cursor => Vec::new(),
+            })
+            .collect();
+        assert_eq!(args, [&b"SET"[..], b"k", b"v", b"PX", b"1500"]);
     }
 }

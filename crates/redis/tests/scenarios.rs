@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use template_cache_core::{
-    CacheBackend, CheckMode, Checker, EngineConfig, ErrorKind, Namespace, ResolvePolicy,
+    Cache, CacheBackend, CheckMode, Checker, EngineConfig, ErrorKind, Namespace, ResolvePolicy,
     SourceConfig, Warmer,
 };
 use template_cache_redis::RedisBackend;
@@ -56,7 +56,11 @@ async fn wrong_password_is_a_clear_permanent_error_and_acl_users_work() {
     let app = RedisBackend::connect(&format!("redis://app:app-pw@127.0.0.1:{port}"))
         .await
         .unwrap();
-    app.set("k", "v".into()).await.unwrap();
+    Cache::new(Arc::new(app))
+        .set("k", "v".into())
+        .await
+        .unwrap();
+    let b = Cache::new(Arc::new(b));
     assert_eq!(b.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
 }
 
@@ -121,7 +125,10 @@ async fn raw_corruption_is_found_by_deep_checks_and_repaired_on_a_cluster() {
     let stray = template_cache_core::Record::new("stray.html", "x".into(), 0, 0)
         .encode()
         .unwrap();
-    backend.set(&orphan_key, stray).await.unwrap();
+    Cache::new(Arc::clone(&backend))
+        .set(&orphan_key, stray)
+        .await
+        .unwrap();
 
     let checker = Checker::new(Arc::clone(&backend), cfg).unwrap();
     let deep = checker.check(CheckMode::Deep).await.unwrap();
@@ -181,6 +188,7 @@ async fn tls_verifies_the_server_certificate() {
         .unwrap();
     let ok = RedisBackend::connect(&server.url()).await.unwrap();
     assert!(ok.describe().starts_with("rediss://"));
+    let ok = Cache::new(Arc::new(ok));
     ok.set("k", "v".into()).await.unwrap();
     assert_eq!(ok.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
     // Without our test authority the system roots do not trust the server: a permanent error.

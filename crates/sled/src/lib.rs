@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use template_cache_core::{
-    Bytes, CacheBackend, Capabilities, Error, ErrorKind, Result, async_trait,
+    Bytes, CacheBackend, Capabilities, Error, ErrorKind, Expiry, IndexLayout, Result, async_trait,
 };
 
 /// A sled database used as a template cache.
@@ -75,37 +75,18 @@ impl CacheBackend for SledBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             list_keys: true,
-            native_batch: true,
             batch_max_keys: Some(10_000),
             max_value_bytes: Some(64 * 1024 * 1024),
-            persistent: true,
-            shared: false,
-            evicts: false,
+            ..Capabilities::new()
         }
+    }
+
+    fn index_layout(&self) -> IndexLayout {
+        IndexLayout::Sharded
     }
 
     fn describe(&self) -> String {
         format!("sled://{}", self.path.display())
-    }
-
-    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        let key = key.to_owned();
-        Ok(self
-            .blocking(move |db| db.get(key))
-            .await?
-            .map(|v| Bytes::copy_from_slice(&v)))
-    }
-
-    async fn set(&self, key: &str, value: Bytes) -> Result<()> {
-        self.capabilities().check_value_len(key, value.len())?;
-        let key = key.to_owned();
-        self.blocking(move |db| db.insert(key, value.as_ref()).map(drop))
-            .await
-    }
-
-    async fn delete(&self, key: &str) -> Result<()> {
-        let key = key.to_owned();
-        self.blocking(move |db| db.remove(key).map(drop)).await
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
@@ -118,11 +99,8 @@ impl CacheBackend for SledBackend {
         .await
     }
 
-    async fn set_many(&self, entries: &[(String, Bytes)]) -> Result<()> {
-        let caps = self.capabilities();
-        for (k, v) in entries {
-            caps.check_value_len(k, v.len())?;
-        }
+    /// Entries never expire here (sled has no TTL), whatever `expiry` says.
+    async fn set_many(&self, entries: &[(String, Bytes)], _expiry: Expiry) -> Result<()> {
         let entries = entries.to_vec();
         self.blocking(move |db| {
             let mut batch = sled::Batch::default();
@@ -174,14 +152,19 @@ mod tests {
 
     #[tokio::test]
     async fn survives_reopening() {
-        use template_cache_core::CacheBackend;
+        use std::sync::Arc;
+        use template_cache_core::Cache;
         let dir = tempfile::tempdir().unwrap();
         {
-            let b = super::SledBackend::open(dir.path().join("db")).unwrap();
+            let b = Cache::new(Arc::new(
+                super::SledBackend::open(dir.path().join("db")).unwrap(),
+            ));
             b.set("k", "v".into()).await.unwrap();
             b.flush().await.unwrap();
         }
-        let b = super::SledBackend::open(dir.path().join("db")).unwrap();
+        let b = Cache::new(Arc::new(
+            super::SledBackend::open(dir.path().join("db")).unwrap(),
+        ));
         assert_eq!(b.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
     }
 }

@@ -1,6 +1,9 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+mod open;
+
+pub use open::open;
 pub use template_cache_core::*;
 
 /// The in-process backend (feature `moka`).

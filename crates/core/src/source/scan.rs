@@ -346,7 +346,7 @@ pub fn template_name(root: &Path, path: &Path) -> Result<String> {
         }
     }
     let name = parts.join("/");
-    crate::key::validate_name(&name)?;
+    crate::format::key::validate_name(&name)?;
     Ok(name)
 }
 
@@ -359,7 +359,7 @@ fn lossy_name(root: &Path, path: &Path) -> String {
 
 /// Resolves template `name` to a path under `root`, refusing names that would leave it.
 pub fn path_of(root: &Path, name: &str) -> Result<PathBuf> {
-    crate::key::validate_name(name)?;
+    crate::format::key::validate_name(name)?;
     let path = root.join(name);
     let canon_root =
         std::fs::canonicalize(root).map_err(|e| Error::io(root, e).context("template root"))?;

@@ -1,88 +1,15 @@
 //! Engine behaviour that needs fault injection: retries, isolation, ordering, fingerprints,
-//! cancellation, scheduling. Uses an in-memory backend with a fault hook (the real backends run
-//! the same scenarios through the conformance kit).
+//! cancellation, scheduling. Uses the testkit's in-memory backend with a fault hook (the real
+//! backends run the same scenarios through the conformance kit).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use template_cache_core::*;
-
-type Fault = Box<dyn Fn(&str, &[String]) -> Option<Error> + Send + Sync>;
-
-#[derive(Default)]
-struct Memory {
-    map: Mutex<HashMap<String, Bytes>>,
-    writes: Mutex<Vec<String>>,
-    fault: Mutex<Option<Fault>>,
-    max_value: Option<usize>,
-}
-
-impl std::fmt::Debug for Memory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Memory")
-    }
-}
-
-impl Memory {
-    fn fail(&self, op: &str, keys: &[String]) -> Result<()> {
-        match self
-            .fault
-            .lock()
-            .unwrap()
-            .as_ref()
-            .and_then(|f| f(op, keys))
-        {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-    fn set_fault(&self, f: impl Fn(&str, &[String]) -> Option<Error> + Send + Sync + 'static) {
-        *self.fault.lock().unwrap() = Some(Box::new(f));
-    }
-    fn clear_fault(&self) {
-        *self.fault.lock().unwrap() = None;
-    }
-}
-
-#[async_trait]
-impl CacheBackend for Memory {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            max_value_bytes: self.max_value,
-            ..Capabilities::new()
-        }
-    }
-    fn describe(&self) -> String {
-        "memory://".into()
-    }
-    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        self.fail("get", &[key.to_owned()])?;
-        Ok(self.map.lock().unwrap().get(key).cloned())
-    }
-    async fn set(&self, key: &str, value: Bytes) -> Result<()> {
-        self.fail("set", &[key.to_owned()])?;
-        self.capabilities().check_value_len(key, value.len())?;
-        self.writes.lock().unwrap().push(key.to_owned());
-        self.map.lock().unwrap().insert(key.to_owned(), value);
-        Ok(())
-    }
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.fail("delete", &[key.to_owned()])?;
-        self.map.lock().unwrap().remove(key);
-        Ok(())
-    }
-    async fn set_many(&self, entries: &[(String, Bytes)]) -> Result<()> {
-        let keys: Vec<String> = entries.iter().map(|(k, _)| k.clone()).collect();
-        self.fail("set_many", &keys)?;
-        for (k, v) in entries {
-            self.set(k, v.clone()).await?;
-        }
-        Ok(())
-    }
-}
+use template_cache_testkit::faults::FaultyBackend;
+use template_cache_testkit::fixtures::numbered_tree;
 
 fn tree(root: &Path, names: &[&str]) {
     for n in names {
@@ -90,12 +17,6 @@ fn tree(root: &Path, names: &[&str]) {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, format!("content of {n}")).unwrap();
     }
-}
-
-/// `count` templates named `t0.html`, `t1.html`, ...
-fn numbered_tree(root: &Path, count: usize) {
-    let names: Vec<String> = (0..count).map(|i| format!("t{i}.html")).collect();
-    tree(root, &names.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 fn config(root: &Path, ns: &str) -> EngineConfig {
@@ -110,10 +31,8 @@ fn config(root: &Path, ns: &str) -> EngineConfig {
     c
 }
 
-fn template_writes(m: &Memory, ns: &Namespace) -> Vec<String> {
-    m.writes
-        .lock()
-        .unwrap()
+fn template_writes(m: &FaultyBackend, ns: &Namespace) -> Vec<String> {
+    m.writes()
         .iter()
         .filter(|k| ns.is_template_key(k))
         .cloned()
@@ -124,7 +43,7 @@ fn template_writes(m: &Memory, ns: &Namespace) -> Vec<String> {
 async fn temporary_errors_are_retried_then_reported_and_retried_next_cycle() {
     let dir = tempfile::tempdir().unwrap();
     tree(dir.path(), &["a.html", "b.html", "c.html", "d.html"]);
-    let m = Arc::new(Memory::default());
+    let m = Arc::new(FaultyBackend::new());
     let cfg = config(dir.path(), "t");
     let bad = cfg.namespace.key_for("c.html");
     let calls = Arc::new(Mutex::new(0u32));
@@ -181,10 +100,10 @@ async fn a_permanently_failing_template_does_not_stop_the_others() {
         &["a.html", "b.html", "c.html", "d.html", "e.html"],
     );
     std::fs::write(dir.path().join("big.html"), vec![b'x'; 5000]).unwrap();
-    let m = Arc::new(Memory {
-        max_value: Some(4000),
-        ..Default::default()
-    });
+    let m = Arc::new(FaultyBackend::with_capabilities(Capabilities {
+        max_value_bytes: Some(4000),
+        ..Capabilities::new()
+    }));
     let mut cfg = config(dir.path(), "t");
     cfg.throttle.batch_max_templates = 10;
     let bad = cfg.namespace.key_for("b.html");
@@ -227,7 +146,7 @@ async fn priority_rules_order_the_writes() {
             "emails/f.html",
         ],
     );
-    let m = Arc::new(Memory::default());
+    let m = Arc::new(FaultyBackend::new());
     let mut cfg = config(dir.path(), "t");
     cfg.throttle.concurrency = 1;
     cfg.throttle.batch_max_templates = 1;
@@ -261,7 +180,7 @@ async fn unchanged_files_are_not_reread_even_in_a_fresh_process_but_cp_p_is_caug
     tree(dir.path(), &["a.html", "b.html", "c.html"]);
     // Let the files' timestamps settle past the racy window.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let m = Arc::new(Memory::default());
+    let m = Arc::new(FaultyBackend::new());
     let mut cfg = config(dir.path(), "t");
     cfg.source.state_path = Some(state.path().join("fingerprints"));
     let r = Warmer::new(m.clone(), cfg.clone())
@@ -308,7 +227,7 @@ async fn unchanged_files_are_not_reread_even_in_a_fresh_process_but_cp_p_is_caug
 async fn cancelled_runs_leave_a_describable_cache_and_periodic_mode_stops() {
     let dir = tempfile::tempdir().unwrap();
     tree(dir.path(), &["a.html", "b.html", "c.html", "d.html"]);
-    let m = Arc::new(Memory::default());
+    let m = Arc::new(FaultyBackend::new());
     let cfg = config(dir.path(), "t");
     let warmer = Warmer::new(m.clone(), cfg.clone()).unwrap();
     let cancel = CancellationToken::new();
@@ -353,7 +272,7 @@ async fn cancelled_runs_leave_a_describable_cache_and_periodic_mode_stops() {
 async fn a_crash_between_index_and_entries_is_visible_to_quick_checks() {
     let dir = tempfile::tempdir().unwrap();
     tree(dir.path(), &["a.html"]);
-    let m = Arc::new(Memory::default());
+    let m = Arc::new(FaultyBackend::new());
     let cfg = config(dir.path(), "t");
     Warmer::new(m.clone(), cfg.clone())
         .unwrap()
@@ -384,7 +303,7 @@ async fn a_crash_between_index_and_entries_is_visible_to_quick_checks() {
 
 #[tokio::test]
 async fn missing_root_and_bad_settings_are_clear_errors() {
-    let m = Arc::new(Memory::default());
+    let m = Arc::new(FaultyBackend::new());
     let cfg = config(Path::new("/no/such/templates"), "t");
     let err = Warmer::new(m.clone(), cfg.clone())
         .unwrap()
@@ -419,7 +338,7 @@ async fn missing_root_and_bad_settings_are_clear_errors() {
 async fn rate_limits_slow_a_warm_down() {
     let dir = tempfile::tempdir().unwrap();
     numbered_tree(dir.path(), 30);
-    let m = Arc::new(Memory::default());
+    let m = Arc::new(FaultyBackend::new());
     let mut cfg = config(dir.path(), "t");
     cfg.throttle.batch_max_templates = 5;
     cfg.throttle.templates_per_second = Some(20.0);
@@ -452,14 +371,17 @@ async fn scheduled_checks_alert_and_resolve() {
         dir.path(),
         &["a.html", "b.html", "c.html", "d.html", "e.html"],
     );
-    let m = Arc::new(Memory::default());
+    let m = Arc::new(FaultyBackend::new());
     let cfg = config(dir.path(), "t");
     Warmer::new(m.clone(), cfg.clone())
         .unwrap()
         .run_once()
         .await
         .unwrap();
-    m.delete(&cfg.namespace.key_for("a.html")).await.unwrap();
+    Cache::new(m.clone())
+        .delete(&cfg.namespace.key_for("a.html"))
+        .await
+        .unwrap();
     let checker = Checker::new(m.clone(), cfg.clone()).unwrap();
     let recorder = Arc::new(Recorder(Mutex::new(Vec::new())));
     let sinks: Vec<Arc<dyn AlertSink>> = vec![recorder.clone()];
@@ -519,7 +441,7 @@ async fn each_resolution_switch_is_honoured() {
             "d.html",
         ],
     );
-    let m = Arc::new(Memory::default());
+    let m = Arc::new(FaultyBackend::new());
     let cfg = config(dir.path(), "t");
     Warmer::new(m.clone(), cfg.clone())
         .unwrap()
@@ -529,12 +451,13 @@ async fn each_resolution_switch_is_honoured() {
     std::fs::write(dir.path().join("old.html"), "new content").unwrap();
     std::fs::remove_file(dir.path().join("gone.html")).unwrap();
     std::fs::write(dir.path().join("fresh.html"), "fresh").unwrap();
-    m.set(
-        &cfg.namespace.key_for("bad.html"),
-        Bytes::from_static(b"junk"),
-    )
-    .await
-    .unwrap();
+    Cache::new(m.clone())
+        .set(
+            &cfg.namespace.key_for("bad.html"),
+            Bytes::from_static(b"junk"),
+        )
+        .await
+        .unwrap();
     let checker = Checker::new(m.clone(), cfg).unwrap();
     let all_off = ResolvePolicy {
         add_missing: false,
@@ -576,11 +499,11 @@ async fn each_resolution_switch_is_honoured() {
 async fn re_copied_unchanged_files_cause_no_writes_at_all() {
     let dir = tempfile::tempdir().unwrap();
     tree(dir.path(), &["a.html", "b.html", "c/d.html"]);
-    let m = Arc::new(Memory::default());
+    let m = Arc::new(FaultyBackend::new());
     let cfg = config(dir.path(), "t");
     let warmer = Warmer::new(m.clone(), cfg).unwrap();
     assert_eq!(warmer.run_once().await.unwrap().written, 3);
-    let writes_before = m.writes.lock().unwrap().len();
+    let writes_before = m.writes().len();
     // A deploy copies the same content again: new mtimes and ctimes, same bytes.
     for n in ["a.html", "b.html", "c/d.html"] {
         let p = dir.path().join(n);
@@ -590,7 +513,7 @@ async fn re_copied_unchanged_files_cause_no_writes_at_all() {
     let r = warmer.run_once().await.unwrap();
     assert_eq!((r.written, r.unchanged, r.files_hashed), (0, 3, 3), "{r:?}");
     assert_eq!(
-        m.writes.lock().unwrap().len(),
+        m.writes().len(),
         writes_before,
         "neither entries nor the index were written"
     );
@@ -600,7 +523,7 @@ async fn re_copied_unchanged_files_cause_no_writes_at_all() {
 async fn checks_are_throttled_like_warms() {
     let dir = tempfile::tempdir().unwrap();
     numbered_tree(dir.path(), 30);
-    let m = Arc::new(Memory::default());
+    let m = Arc::new(FaultyBackend::new());
     let mut cfg = config(dir.path(), "t");
     Warmer::new(m.clone(), cfg.clone())
         .unwrap()

@@ -98,7 +98,7 @@ pub struct CheckReport {
     pub duration: Duration,
     /// What resolution would act on.
     #[serde(skip)]
-    pub(crate) plan: crate::check::Plan,
+    pub(crate) plan: super::plan::Plan,
 }
 
 impl CheckReport {

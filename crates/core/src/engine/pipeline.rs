@@ -8,21 +8,21 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::CacheBackend;
+use crate::backend::{Cache, CacheBackend};
 use crate::config::{EngineConfig, ProgressHandle};
+use crate::engine::report::Failure;
+use crate::engine::throttle::{Limiters, RetryPolicy, Throttle, batches};
 use crate::error::{Error, Result};
+use crate::format::key::{ContentHash, Namespace};
+use crate::format::record::Record;
 use crate::index::{IndexChanges, IndexEntry, IndexSnapshot};
-use crate::key::{ContentHash, Namespace};
-use crate::record::Record;
-use crate::report::Failure;
-use crate::scan::SourceFile;
+use crate::source::scan::SourceFile;
 use crate::source::{Loaded, Source};
-use crate::throttle::{Limiters, RetryPolicy, Throttle, batches};
 
 /// Everything an engine run needs: backend, namespace, source and load limits.
 #[derive(Debug)]
 pub(crate) struct Ctx {
-    pub backend: Arc<dyn CacheBackend>,
+    pub cache: Cache,
     pub namespace: Namespace,
     pub source: Arc<Source>,
     pub throttle: Throttle,
@@ -47,7 +47,7 @@ impl Ctx {
         let limiters = Limiters::new(&config.throttle)?;
         let source = Source::new(config.source)?;
         Ok(Ctx {
-            backend,
+            cache: Cache::new(backend),
             namespace: config.namespace,
             source,
             throttle: config.throttle,
@@ -81,7 +81,7 @@ impl Ctx {
     /// Keys per backend call that transfers no values (existence, deletion): the backend's
     /// batch limit, or 1,000.
     pub fn key_chunk(&self) -> usize {
-        self.backend
+        self.cache
             .capabilities()
             .batch_max_keys
             .unwrap_or(1000)
@@ -91,7 +91,7 @@ impl Ctx {
     /// Keys per backend batch call that transfers values.
     pub fn chunk(&self) -> usize {
         let cap = self
-            .backend
+            .cache
             .capabilities()
             .batch_max_keys
             .unwrap_or(usize::MAX);
@@ -102,7 +102,7 @@ impl Ctx {
     pub async fn load_index(&self) -> Result<(IndexSnapshot, bool)> {
         let (r, _) = self
             .retry
-            .run(|| self.backend.load_index(&self.namespace))
+            .run(|| crate::index::load(&self.cache, &self.namespace))
             .await;
         let r =
             r.map_err(|e| e.context(format!("reading the index of namespace {}", self.namespace)))?;
@@ -119,7 +119,7 @@ impl Ctx {
         }
         let (r, _) = self
             .retry
-            .run(|| self.backend.update_index(&self.namespace, changes))
+            .run(|| crate::index::update(&self.cache, &self.namespace, changes))
             .await;
         r.map_err(|e| {
             e.context(format!(
@@ -163,6 +163,33 @@ impl Ctx {
             .buffered(self.throttle.concurrency)
             .collect()
             .await
+    }
+
+    /// [`Self::chunked`] over [`Cache::exists_many`], in chunks of [`Self::key_chunk`].
+    pub async fn exists_chunked(
+        &self,
+        keys: &[String],
+        rate_limited: bool,
+    ) -> Vec<(std::ops::Range<usize>, Result<Vec<bool>>)> {
+        let cache = self.cache.clone();
+        self.chunked(keys, self.key_chunk(), rate_limited, move |k| {
+            let c = cache.clone();
+            async move { c.exists_many(&k).await }
+        })
+        .await
+    }
+
+    /// [`Self::chunked`] over [`Cache::get_many`], rate limited, in chunks of [`Self::chunk`].
+    pub async fn get_chunked(
+        &self,
+        keys: &[String],
+    ) -> Vec<(std::ops::Range<usize>, Result<Vec<Option<Bytes>>>)> {
+        let cache = self.cache.clone();
+        self.chunked(keys, self.chunk(), true, move |k| {
+            let c = cache.clone();
+            async move { c.get_many(&k).await }
+        })
+        .await
     }
 
     /// Hashes every file, reading only those whose fingerprint changed. Returns the hashes by
@@ -275,8 +302,8 @@ impl Ctx {
     async fn write_batch(&self, group: Vec<SourceFile>) -> WriteOutcome {
         let mut out = WriteOutcome::default();
         let loaded = self.source.load_many(group).await;
-        let caps = self.backend.capabilities();
-        let now = crate::now_ns();
+        let caps = self.cache.capabilities();
+        let now = crate::time::now_ns();
         let mut entries: Vec<(String, Bytes)> = Vec::new();
         let mut names: Vec<(String, IndexEntry)> = Vec::new();
         for (f, r) in loaded {
@@ -325,7 +352,7 @@ impl Ctx {
         }
         let bytes: usize = entries.iter().map(|(_, v)| v.len()).sum();
         self.limiters.admit(entries.len(), bytes).await;
-        let (r, attempts) = self.retry.run(|| self.backend.set_many(&entries)).await;
+        let (r, attempts) = self.retry.run(|| self.cache.set_many(&entries)).await;
         match r {
             Ok(()) => {
                 out.bytes = bytes as u64;
@@ -336,10 +363,8 @@ impl Ctx {
                 tracing::debug!(error = %e, "batch write failed permanently; writing one by one");
                 for ((key, value), (name, entry)) in entries.into_iter().zip(names) {
                     let len = value.len() as u64;
-                    let (r, attempts) = self
-                        .retry
-                        .run(|| self.backend.set(&key, value.clone()))
-                        .await;
+                    let (r, attempts) =
+                        self.retry.run(|| self.cache.set(&key, value.clone())).await;
                     match r {
                         Ok(()) => {
                             out.bytes += len;

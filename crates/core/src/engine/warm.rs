@@ -8,14 +8,14 @@ use globset::GlobSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::pipeline::Ctx;
+use super::report::{Failure, WarmReport};
 use crate::backend::CacheBackend;
 use crate::config::EngineConfig;
 use crate::error::Result;
 use crate::index::{IndexEntry, IndexSnapshot};
-use crate::pipeline::Ctx;
-use crate::report::{Failure, WarmReport};
-use crate::scan::{SourceFile, compile_globs};
 use crate::source::Source;
+use crate::source::scan::{SourceFile, compile_globs};
 
 /// Keeps a cache warm with the templates of one tree.
 #[derive(Debug)]
@@ -64,7 +64,7 @@ impl Warmer {
     /// Like [`Self::run_once`], but stops starting batches once `cancel` fires; batches in
     /// flight finish and are recorded.
     pub async fn run_once_until(&self, cancel: &CancellationToken) -> Result<WarmReport> {
-        let span = tracing::info_span!("warm", namespace = %self.ctx.namespace, backend = %self.ctx.backend.describe());
+        let span = tracing::info_span!("warm", namespace = %self.ctx.namespace, backend = %self.ctx.cache.describe());
         async {
             let r = self.warm(cancel).await;
             self.ctx.finish();
@@ -165,7 +165,7 @@ impl Warmer {
         report.cancelled = cancel.is_cancelled()
             && report.written + report.unchanged + report.failed.len() < report.scanned;
 
-        if let Err(e) = self.ctx.backend.flush().await {
+        if let Err(e) = self.ctx.cache.flush().await {
             report.failed.push(Failure::new("(flush)".into(), &e, 1));
         }
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "written");
@@ -181,7 +181,7 @@ impl Warmer {
     async fn verified_index(&self) -> Result<(IndexSnapshot, HashSet<String>)> {
         let (index, _) = self.ctx.load_index().await?;
         let mut evicted = HashSet::new();
-        if !(self.verify_existing && self.ctx.backend.capabilities().evicts) {
+        if !(self.verify_existing && self.ctx.cache.capabilities().evicts) {
             return Ok((index, evicted));
         }
         let names: Vec<&String> = index
@@ -194,14 +194,7 @@ impl Warmer {
             .iter()
             .map(|n| self.ctx.namespace.key_for(n))
             .collect();
-        let backend = Arc::clone(&self.ctx.backend);
-        let results = self
-            .ctx
-            .chunked(&keys, self.ctx.key_chunk(), false, move |k| {
-                let b = Arc::clone(&backend);
-                async move { b.exists_many(&k).await }
-            })
-            .await;
+        let results = self.ctx.exists_chunked(&keys, false).await;
         for (range, r) in results {
             let exists = r.map_err(|e| e.context("checking that cached templates exist"))?;
             for (name, ok) in names[range].iter().zip(exists) {
@@ -228,7 +221,7 @@ impl Warmer {
             if cancel.is_cancelled() {
                 return;
             }
-            let delay = crate::jittered(interval, jitter);
+            let delay = crate::time::jittered(interval, jitter);
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}

@@ -125,6 +125,16 @@ impl fmt::Display for Namespace {
     }
 }
 
+/// Whether `key` has the shape of a template entry key of any namespace,
+/// `<namespace>:<64 lowercase hex>` (index keys do not).
+pub fn is_entry_key(key: &str) -> bool {
+    key.split_once(':').is_some_and(|(ns, h)| {
+        Namespace::new(ns).is_ok()
+            && h.len() == 64
+            && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
 /// Checks that `name` is a valid template name: non-empty, at most 65,535 bytes, relative,
 /// `/`-separated, with no empty, `.` or `..` component.
 pub fn validate_name(name: &str) -> Result<()> {
@@ -166,6 +176,9 @@ mod tests {
         assert!(!ns.is_template_key(&ns.index_root_key()));
         assert!(!ns.is_template_key(&ns.index_shard_key(7, 0)));
         assert!(!Namespace::new("other").unwrap().is_template_key(&key));
+        assert!(is_entry_key(&key));
+        assert!(!is_entry_key(&ns.index_root_key()));
+        assert!(!is_entry_key(&ns.index_shard_key(7, 0)));
         // Known vector: SHA-256("a") .
         assert_eq!(
             ns.key_for("a"),

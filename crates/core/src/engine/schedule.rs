@@ -6,9 +6,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::check::{Checker, ResolvePolicy};
+use crate::engine::check::Checker;
+use crate::engine::report::{CheckMode, CheckReport, ResolveReport};
+use crate::engine::resolve::ResolvePolicy;
 use crate::error::{Error, ErrorKind, Result};
-use crate::report::{CheckMode, CheckReport, ResolveReport};
 
 /// A daily window of UTC time of day, in minutes since midnight; it may wrap past midnight
 /// (for example 22:00–05:00).
@@ -166,7 +167,7 @@ pub async fn run_scheduled_checks(
         on_run(&outcome);
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(crate::jittered(schedule.interval, schedule.jitter)) => {}
+            _ = tokio::time::sleep(crate::time::jittered(schedule.interval, schedule.jitter)) => {}
         }
     }
 }

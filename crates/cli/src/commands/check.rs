@@ -1,0 +1,72 @@
+//! `tcache check`: compare the template tree with the cache; `--fix` resolves what was found.
+
+use std::sync::Arc;
+
+use template_cache::{
+    CacheBackend, CheckMode, Checker, Error, ErrorKind, Namespace, ResolvePolicy,
+};
+
+use crate::args::{CheckArgs, Cli};
+use crate::{EXIT_FOUND, EXIT_OK, EXIT_REFUSED, output};
+
+/// Runs `tcache check`.
+pub async fn run(
+    cli: &Cli,
+    backend: Arc<dyn CacheBackend>,
+    ns: Namespace,
+    args: &CheckArgs,
+) -> template_cache::Result<u8> {
+    if !(0.0..=1.0).contains(&args.max_delete_ratio) {
+        return Err(Error::new(
+            ErrorKind::ConfigInvalid,
+            format!(
+                "--max-delete-ratio must be between 0 and 1, not {}",
+                args.max_delete_ratio
+            ),
+        ));
+    }
+    let cfg = super::engine_config(cli, ns, &args.source)?;
+    let checker = Checker::new(Arc::clone(&backend), cfg)?;
+    let mode = if args.deep {
+        CheckMode::Deep
+    } else {
+        CheckMode::Quick
+    };
+    let report = checker.check(mode).await?;
+    if !args.fix {
+        output::check(cli.json, &report, None, &backend.describe());
+        return Ok(if report.consistent {
+            EXIT_OK
+        } else {
+            EXIT_FOUND
+        });
+    }
+    let policy = ResolvePolicy {
+        delete_orphans: !args.keep_orphans,
+        dry_run: args.dry_run,
+        max_delete: args.max_delete,
+        max_delete_ratio: Some(args.max_delete_ratio),
+        ..ResolvePolicy::default()
+    };
+    let fix = checker.resolve(&report, &policy).await;
+    let fix = match fix {
+        Err(e) if e.kind() != ErrorKind::Refused => {
+            if !cli.json {
+                output::check(false, &report, None, &backend.describe());
+            }
+            return Err(e.context("resolving"));
+        }
+        other => other,
+    };
+    output::check(cli.json, &report, Some(&fix), &backend.describe());
+    Ok(match fix {
+        Err(_) => EXIT_REFUSED,
+        Ok(f) if !f.failed.is_empty() => EXIT_FOUND,
+        Ok(_) if report.consistent => EXIT_OK,
+        // Inconsistencies were found (and fixed unless dry run): report them with 1 only if
+        // something is left unresolved.
+        Ok(f) if f.dry_run => EXIT_FOUND,
+        Ok(_) if args.keep_orphans && !report.orphaned.is_empty() => EXIT_FOUND,
+        Ok(_) => EXIT_OK,
+    })
+}

@@ -1,0 +1,38 @@
+//! `tcache list`: the template names in the cache's index.
+
+use std::sync::Arc;
+
+use template_cache::{Cache, CacheBackend, Namespace};
+
+use crate::args::Cli;
+use crate::{EXIT_OK, output};
+
+/// Runs `tcache list`.
+pub async fn run(
+    cli: &Cli,
+    backend: Arc<dyn CacheBackend>,
+    ns: Namespace,
+) -> template_cache::Result<u8> {
+    let index = template_cache::index::load(&Cache::new(backend), &ns)
+        .await?
+        .unwrap_or_default();
+    let mut names: Vec<&String> = index.entries.keys().collect();
+    names.sort();
+    for lost in &index.lost {
+        tracing::warn!("{lost}");
+    }
+    if cli.json {
+        output::print_json(
+            &serde_json::json!({ "templates": names, "incomplete": !index.lost.is_empty() }),
+        );
+    } else {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for n in names {
+            if writeln!(out, "{n}").is_err() {
+                break;
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,77 @@
+//! One file per command, and what they share: the engine configuration built from the source
+//! flags, and where file fingerprints persist.
+
+pub mod check;
+pub mod get;
+pub mod list;
+pub mod warm;
+
+use std::path::{Path, PathBuf};
+
+use template_cache::{EngineConfig, Error, ErrorKind, Namespace, RetryPolicy, SourceConfig};
+
+use crate::args::{Cli, SourceArgs};
+use crate::progress;
+
+/// The engine configuration of a warm or check of `s.dir`.
+pub fn engine_config(
+    cli: &Cli,
+    namespace: Namespace,
+    s: &SourceArgs,
+) -> template_cache::Result<EngineConfig> {
+    if !s.dir.is_dir() {
+        let why = if s.dir.exists() {
+            "is not a directory"
+        } else {
+            "does not exist"
+        };
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!("template directory {} {why}", s.dir.display()),
+        ));
+    }
+    let mut source = SourceConfig::new(&s.dir);
+    source.include = s.include.clone();
+    source.exclude = s.exclude.clone();
+    source.checksum = s.checksum;
+    source.max_template_bytes = s.max_template_size;
+    source.state_path = Some(state_path(cli, &s.dir)?);
+    let mut cfg = EngineConfig::new(source);
+    cfg.namespace = namespace;
+    cfg.throttle.concurrency = s.concurrency;
+    cfg.throttle.batch_max_templates = s.batch_size;
+    cfg.throttle.templates_per_second = s.rate;
+    cfg.throttle.bytes_per_second = s.byte_rate;
+    if s.max_attempts == 0 {
+        return Err(Error::new(
+            ErrorKind::ConfigInvalid,
+            "--max-attempts must be at least 1",
+        ));
+    }
+    cfg.retry = RetryPolicy {
+        max_attempts: s.max_attempts,
+        ..RetryPolicy::default()
+    };
+    if !cli.json && !cli.quiet {
+        cfg.progress = progress::Bar::for_terminal();
+    }
+    Ok(cfg)
+}
+
+/// The fingerprint state file of `dir`: one per canonical directory.
+fn state_path(cli: &Cli, dir: &Path) -> template_cache::Result<PathBuf> {
+    let base = match &cli.state_dir {
+        Some(d) => d.clone(),
+        None => match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+            Some(x) => PathBuf::from(x).join("tcache"),
+            None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+                Some(h) => PathBuf::from(h).join(".cache").join("tcache"),
+                None => PathBuf::from(".tcache-state"),
+            },
+        },
+    };
+    let canonical = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(canonical.to_string_lossy().as_bytes());
+    Ok(base.join(format!("fingerprints-{}", &hex::encode(digest)[..16])))
+}

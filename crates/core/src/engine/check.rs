@@ -1,0 +1,373 @@
+//! The consistency checker: compares tree and cache in both directions.
+//!
+//! A check runs in phases, each a function over one [`Findings`]: scan ‖ load index, hash,
+//! compare with the index, confirm existence, verify fetched entries, classify orphans. The
+//! result is a [`CheckReport`] carrying the [`Plan`] that [`super::resolve`] acts on.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tracing::Instrument;
+
+use super::pipeline::{Ctx, chunk_failures};
+use super::plan::{Deletion, Kind, Plan};
+use super::report::{CheckMode, CheckReport, Failure};
+use crate::backend::CacheBackend;
+use crate::config::EngineConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::key::ContentHash;
+use crate::format::record::Record;
+use crate::index::{IndexEntry, IndexSnapshot};
+use crate::source::Source;
+use crate::source::scan::{Scan, SourceFile};
+
+/// Compares a template tree with a cache namespace; [`Self::resolve`] repairs the differences.
+#[derive(Debug)]
+pub struct Checker {
+    pub(super) ctx: Ctx,
+}
+
+/// The report under construction: every phase records what it found here, once, so the
+/// report's lists and the resolution plan never disagree.
+struct Findings {
+    report: CheckReport,
+    plan: Plan,
+}
+
+impl Findings {
+    /// A template whose entry must be (re)written from its file.
+    fn rewrite(&mut self, kind: Kind, file: &SourceFile) {
+        self.list(kind).push(file.name.clone());
+        self.plan.write.push((kind, file.clone()));
+    }
+
+    /// An entry to delete: an orphan (listed by name) or an unreadable entry (listed by key).
+    fn remove(&mut self, kind: Kind, name: Option<String>, key: String) {
+        let shown = name.clone().unwrap_or_else(|| key.clone());
+        self.list(kind).push(shown);
+        self.plan.delete.push(Deletion { kind, name, key });
+    }
+
+    fn list(&mut self, kind: Kind) -> &mut Vec<String> {
+        match kind {
+            Kind::Missing => &mut self.report.missing,
+            Kind::Outdated => &mut self.report.outdated,
+            Kind::Orphaned => &mut self.report.orphaned,
+            Kind::Corrupt => &mut self.report.corrupt,
+        }
+    }
+
+    fn errors(&mut self, failures: impl IntoIterator<Item = Failure>) {
+        self.report.errors.extend(failures);
+    }
+}
+
+/// Files the index cannot vouch for alone, split by what confirming them takes.
+struct Comparison<'a> {
+    /// The index holds the file's hash: only the entry's existence needs confirming.
+    exist_check: Vec<&'a SourceFile>,
+    /// The entry must be fetched and verified (deep mode, pending or unindexed templates).
+    fetch: Vec<&'a SourceFile>,
+}
+
+impl Checker {
+    /// Validates the configuration and loads persisted fingerprints.
+    pub fn new(backend: Arc<dyn CacheBackend>, config: EngineConfig) -> Result<Self> {
+        Ok(Checker {
+            ctx: Ctx::new(backend, config)?,
+        })
+    }
+
+    /// The template source (for its statistics).
+    pub fn source(&self) -> &Arc<Source> {
+        &self.ctx.source
+    }
+
+    /// Checks tree and cache in both directions. Errors only when the check cannot run at all
+    /// (missing root, unreachable backend); per-item problems are in the report.
+    pub async fn check(&self, mode: CheckMode) -> Result<CheckReport> {
+        let span = tracing::info_span!("check", namespace = %self.ctx.namespace, ?mode, backend = %self.ctx.cache.describe());
+        async {
+            let r = self.run_check(mode).await;
+            self.ctx.finish();
+            match &r {
+                Ok(rep) => record_outcome(rep),
+                Err(e) => tracing::error!(error = %e, "check failed"),
+            }
+            r
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn run_check(&self, mode: CheckMode) -> Result<CheckReport> {
+        let started = Instant::now();
+        let ctx = &self.ctx;
+        // The walk runs on the blocking pool while the index is read.
+        let (scan, index) = tokio::join!(ctx.source.scan(), ctx.load_index());
+        let scan = scan?;
+        let (index, index_exists) = index?;
+        let mut found = Findings {
+            report: CheckReport {
+                mode,
+                files: scan.files.len(),
+                ..Default::default()
+            },
+            plan: Plan::default(),
+        };
+        found.errors(
+            scan.failures
+                .iter()
+                .map(|f| Failure::new(f.name.clone(), &f.error, 0)),
+        );
+        let (hashes, failed) = ctx.hash_all(&scan.files).await;
+        found.errors(failed);
+        found.errors(index.lost.iter().map(|lost| {
+            Failure::new(
+                "(index)".into(),
+                &Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "{lost}; orphans it listed can only be found on backends that list keys"
+                    ),
+                ),
+                0,
+            )
+        }));
+
+        let cmp = compare(mode, &scan, &hashes, &index, &mut found);
+        self.confirm_existence(&cmp.exist_check, &mut found).await;
+        self.verify(&cmp.fetch, &hashes, &index, &mut found).await;
+        // Every entry is indexed before it is written, so a quick check trusts an intact index
+        // for orphans; a deep check, or a missing or damaged index, lists the keys as well.
+        let list = mode == CheckMode::Deep || !index_exists || !index.lost.is_empty();
+        self.classify_orphans(&scan, &index, list, &mut found)
+            .await?;
+
+        ctx.source.prune_state(&scan);
+        ctx.source.save_state();
+        let Findings {
+            mut report,
+            mut plan,
+        } = found;
+        for v in [
+            &mut report.missing,
+            &mut report.outdated,
+            &mut report.orphaned,
+            &mut report.corrupt,
+        ] {
+            v.sort();
+        }
+        report.consistent = report.inconsistencies() == 0 && report.errors.is_empty();
+        // Resolution needs the index entries of what it may write (their hash stays while pending).
+        plan.previous = plan
+            .write
+            .iter()
+            .filter_map(|(_, f)| index.entries.get(&f.name).map(|e| (f.name.clone(), *e)))
+            .collect();
+        report.plan = plan;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    /// Confirms that the entries of files the index vouches for still exist.
+    async fn confirm_existence(&self, files: &[&SourceFile], found: &mut Findings) {
+        let ns = &self.ctx.namespace;
+        let keys: Vec<String> = files.iter().map(|f| ns.key_for(&f.name)).collect();
+        for (range, r) in self.ctx.exists_chunked(&keys, true).await {
+            let files = &files[range];
+            match r {
+                Ok(exists) => {
+                    for (f, ok) in files.iter().zip(exists) {
+                        if !ok {
+                            found.rewrite(Kind::Missing, f);
+                        }
+                    }
+                }
+                Err(e) => found.errors(chunk_failures(&names(files), &e)),
+            }
+        }
+    }
+
+    /// Fetches and verifies the entries of `files`; verified content that the index does not
+    /// describe becomes an index fix-up.
+    async fn verify(
+        &self,
+        files: &[&SourceFile],
+        hashes: &HashMap<String, ContentHash>,
+        index: &IndexSnapshot,
+        found: &mut Findings,
+    ) {
+        let ctx = &self.ctx;
+        let keys: Vec<String> = files
+            .iter()
+            .map(|f| ctx.namespace.key_for(&f.name))
+            .collect();
+        ctx.phase("verifying", keys.len());
+        for (range, r) in ctx.get_chunked(&keys).await {
+            let files = &files[range];
+            ctx.advance(files.len());
+            let values = match r {
+                Ok(v) => v,
+                Err(e) => {
+                    found.errors(chunk_failures(&names(files), &e));
+                    continue;
+                }
+            };
+            for (f, value) in files.iter().zip(values) {
+                let Some(&h) = hashes.get(&f.name) else {
+                    continue;
+                };
+                let kind = match value.map(|v| verify(&v, &f.name)) {
+                    None => Kind::Missing,
+                    Some(Err(_)) => Kind::Corrupt,
+                    Some(Ok(rec_hash)) if rec_hash != h => Kind::Outdated,
+                    Some(Ok(_)) => {
+                        let e = IndexEntry {
+                            hash: h,
+                            size: f.fingerprint.size,
+                            pending: false,
+                        };
+                        if index.entries.get(&f.name) != Some(&e) {
+                            found.plan.index_fixups.push((f.name.clone(), e));
+                        }
+                        continue;
+                    }
+                };
+                found.rewrite(kind, f);
+            }
+        }
+    }
+
+    /// Index names without a file are orphans; with `list` (and a backend that lists), keys
+    /// nobody knows are fetched and classified as orphaned or corrupt. Templates that exist but
+    /// failed to scan are never orphans.
+    async fn classify_orphans(
+        &self,
+        scan: &Scan,
+        index: &IndexSnapshot,
+        list: bool,
+        found: &mut Findings,
+    ) -> Result<()> {
+        let ctx = &self.ctx;
+        let ns = &ctx.namespace;
+        let file_names: HashSet<&str> = scan.files.iter().map(|f| f.name.as_str()).collect();
+        let failed_names: HashSet<&str> = scan.failures.iter().map(|f| f.name.as_str()).collect();
+        let mut known_keys: HashSet<String> =
+            scan.files.iter().map(|f| ns.key_for(&f.name)).collect();
+        for name in index.entries.keys() {
+            let key = ns.key_for(name);
+            if !file_names.contains(name.as_str()) && !failed_names.contains(name.as_str()) {
+                found.remove(Kind::Orphaned, Some(name.clone()), key.clone());
+            }
+            known_keys.insert(key);
+        }
+        known_keys.extend(failed_names.iter().map(|n| ns.key_for(n)));
+        found.report.entries = index.entries.len();
+        if !(list && ctx.cache.capabilities().list_keys) {
+            return Ok(());
+        }
+        let prefix = ns.prefix();
+        let (r, _) = ctx.retry.run(|| ctx.cache.list_keys(&prefix)).await;
+        let listed: Vec<String> = r
+            .map_err(|e| e.context("listing cache keys"))?
+            .into_iter()
+            .filter(|k| ns.is_template_key(k))
+            .collect();
+        let index_keys: HashSet<String> = index.entries.keys().map(|n| ns.key_for(n)).collect();
+        found.report.entries += listed.iter().filter(|k| !index_keys.contains(*k)).count();
+        let unknown: Vec<String> = listed
+            .into_iter()
+            .filter(|k| !known_keys.contains(k))
+            .collect();
+        for (range, r) in ctx.get_chunked(&unknown).await {
+            let keys = &unknown[range];
+            let values = match r {
+                Ok(values) => values,
+                Err(e) => {
+                    found.errors(chunk_failures(keys, &e));
+                    continue;
+                }
+            };
+            for (key, value) in keys.iter().zip(values) {
+                let Some(value) = value else { continue };
+                match Record::decode(&value) {
+                    Ok(rec) if ns.key_for(&rec.name) == *key => {
+                        found.remove(Kind::Orphaned, Some(rec.name), key.clone())
+                    }
+                    _ => found.remove(Kind::Corrupt, None, key.clone()),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decides per file whether the index suffices or the entry must be fetched; in quick mode, a
+/// confirmed index hash that differs from the file's is outdated without a fetch.
+fn compare<'a>(
+    mode: CheckMode,
+    scan: &'a Scan,
+    hashes: &HashMap<String, ContentHash>,
+    index: &IndexSnapshot,
+    found: &mut Findings,
+) -> Comparison<'a> {
+    let mut cmp = Comparison {
+        exist_check: Vec::new(),
+        fetch: Vec::new(),
+    };
+    for f in &scan.files {
+        let Some(&h) = hashes.get(&f.name) else {
+            continue; // unreadable: already an error
+        };
+        match index.entries.get(&f.name) {
+            Some(e) if mode == CheckMode::Quick && !e.pending && e.hash == h => {
+                cmp.exist_check.push(f)
+            }
+            Some(e) if mode == CheckMode::Quick && !e.pending => found.rewrite(Kind::Outdated, f),
+            _ => cmp.fetch.push(f),
+        }
+    }
+    cmp
+}
+
+/// Decodes and verifies a stored record of `name`, returning its content hash.
+fn verify(value: &Bytes, name: &str) -> Result<ContentHash> {
+    let rec = Record::decode(value)?;
+    if rec.name != name {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!("entry of {name:?} holds the record of {:?}", rec.name),
+        ));
+    }
+    Ok(rec.hash)
+}
+
+fn names(files: &[&SourceFile]) -> Vec<String> {
+    files.iter().map(|f| f.name.clone()).collect()
+}
+
+fn record_outcome(rep: &CheckReport) {
+    for (kind, n) in [
+        ("missing", rep.missing.len()),
+        ("outdated", rep.outdated.len()),
+        ("orphaned", rep.orphaned.len()),
+        ("corrupt", rep.corrupt.len()),
+    ] {
+        metrics::gauge!("tcache_inconsistencies", "kind" => kind).set(n as f64);
+    }
+    metrics::histogram!("tcache_check_duration_seconds").record(rep.duration.as_secs_f64());
+    tracing::info!(
+        consistent = rep.consistent,
+        files = rep.files,
+        entries = rep.entries,
+        missing = rep.missing.len(),
+        outdated = rep.outdated.len(),
+        orphaned = rep.orphaned.len(),
+        corrupt = rep.corrupt.len(),
+        errors = rep.errors.len(),
+        "check finished"
+    );
+}

@@ -1,0 +1,15 @@
+//! The two engines and what they share.
+//!
+//! [`warm`] writes new and changed templates; [`check`] compares tree and cache both ways and
+//! [`resolve`] repairs what it found. Both run on [`pipeline`] (retries, chunked backend calls,
+//! the mark–write–confirm write protocol) under [`throttle`] limits, and return [`report`]s.
+//! [`schedule`] runs checks periodically inside time windows.
+
+pub mod check;
+pub(crate) mod pipeline;
+mod plan;
+pub mod report;
+pub mod resolve;
+pub mod schedule;
+pub mod throttle;
+pub mod warm;

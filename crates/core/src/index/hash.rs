@@ -1,0 +1,112 @@
+//! The hash index layout ([`crate::backend::IndexLayout::Hash`]): one hash per namespace under
+//! `<namespace>:index`, one field per template name whose value is the entry's SHA-256, size and
+//! flags (41 bytes, `docs/format.md`).
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use super::{IndexChanges, IndexEntry, IndexSnapshot};
+use crate::backend::Cache;
+use crate::error::Result;
+use crate::format::bytes::Reader;
+use crate::format::key::Namespace;
+
+/// Bytes of one field value: SHA-256, size, flags.
+pub const VALUE_LEN: usize = 32 + 8 + 1;
+
+/// Encodes one index entry as a field value.
+pub fn encode_value(e: &IndexEntry) -> [u8; VALUE_LEN] {
+    let mut v = [0u8; VALUE_LEN];
+    v[..32].copy_from_slice(&e.hash.0);
+    v[32..40].copy_from_slice(&e.size.to_be_bytes());
+    v[40] = u8::from(e.pending);
+    v
+}
+
+/// Decodes a field value; `None` unless it is exactly [`VALUE_LEN`] bytes.
+pub fn decode_value(v: &[u8]) -> Option<IndexEntry> {
+    let mut r = Reader { bytes: v, pos: 0 };
+    let (hash, size, flags) = (r.hash()?, r.u64()?, r.u8()?);
+    r.is_empty().then_some(IndexEntry {
+        hash,
+        size,
+        pending: flags & 1 == 1,
+    })
+}
+
+/// Reads every field; malformed fields are reported in [`IndexSnapshot::lost`].
+pub async fn load(cache: &Cache, ns: &Namespace) -> Result<Option<IndexSnapshot>> {
+    let key = ns.index_root_key();
+    let mut snap = IndexSnapshot::default();
+    let mut cursor = 0;
+    let mut any = false;
+    loop {
+        let (next, page) = cache
+            .hash_scan(&key, cursor)
+            .await
+            .map_err(|e| e.context(format!("reading index {key}")))?;
+        any |= !page.is_empty();
+        for (name, value) in page {
+            match (std::str::from_utf8(&name), decode_value(&value)) {
+                (Ok(n), Some(e)) => {
+                    snap.entries.insert(n.to_owned(), e);
+                }
+                _ => snap.lost.push(format!(
+                    "{key}: malformed field {:?}",
+                    String::from_utf8_lossy(&name)
+                )),
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            // A hash without fields does not exist (Redis removes empty hashes).
+            return Ok(any.then_some(snap));
+        }
+    }
+}
+
+/// Sets upserted fields (the last upsert of a name wins), then removes removed ones.
+pub async fn update(cache: &Cache, ns: &Namespace, changes: &IndexChanges) -> Result<()> {
+    let key = ns.index_root_key();
+    let mut last: HashMap<&str, &IndexEntry> = HashMap::with_capacity(changes.upserts.len());
+    for (n, e) in &changes.upserts {
+        last.insert(n, e);
+    }
+    let set: Vec<(String, Bytes)> = last
+        .into_iter()
+        .map(|(n, e)| (n.to_owned(), Bytes::copy_from_slice(&encode_value(e))))
+        .collect();
+    cache
+        .hash_update(&key, &set, &changes.removals)
+        .await
+        .map_err(|e| e.context(format!("updating index {key}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::key::ContentHash;
+    use proptest::prelude::*;
+
+    #[test]
+    fn values_round_trip() {
+        let e = IndexEntry {
+            hash: ContentHash::of(b"x"),
+            size: 42,
+            pending: true,
+        };
+        assert_eq!(decode_value(&encode_value(&e)), Some(e));
+        assert_eq!(decode_value(b"short"), None);
+        let mut long = encode_value(&e).to_vec();
+        long.push(0);
+        assert_eq!(decode_value(&long), None);
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..100)) {
+            let _ = decode_value(&data);
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The per-namespace index (manifest): template name → content hash, size and state.
+//!
+//! The index lets a quick check compare hashes without transferring content and find orphaned
+//! entries on backends that cannot list keys. Engines write it *before* the entries it
+//! describes (marking them `pending`) and clear `pending` after, so a crash at any point leaves
+//! every written entry findable (see `docs/format.md`).
+//!
+//! This module holds the model; each layout a backend can declare
+//! ([`crate::backend::IndexLayout`]) has its own file: [`sharded`] and [`hash`].
+
+pub mod hash;
+pub mod sharded;
+
+use std::collections::HashMap;
+
+use crate::backend::{Cache, IndexLayout};
+use crate::error::Result;
+use crate::format::key::{ContentHash, Namespace};
+
+/// Reads the index of `namespace` in the layout the backend declares; `None` if there is none.
+pub async fn load(cache: &Cache, namespace: &Namespace) -> Result<Option<IndexSnapshot>> {
+    match cache.index_layout() {
+        IndexLayout::Sharded => sharded::load(cache, namespace).await,
+        IndexLayout::Hash => hash::load(cache, namespace).await,
+    }
+}
+
+/// Applies `changes` to the index of `namespace`, creating it if needed. Each call leaves a
+/// readable index, even if the process stops in the middle.
+pub async fn update(cache: &Cache, namespace: &Namespace, changes: &IndexChanges) -> Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    match cache.index_layout() {
+        IndexLayout::Sharded => sharded::update(cache, namespace, changes).await,
+        IndexLayout::Hash => hash::update(cache, namespace, changes).await,
+    }
+}
+
+/// What the index knows of one template.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Hash of the content last written (or about to be written, if `pending`).
+    pub hash: ContentHash,
+    /// Content size in bytes.
+    pub size: u64,
+    /// A write was started but not confirmed: the stored entry must be fetched to be trusted.
+    pub pending: bool,
+}
+
+/// The index as read from a backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IndexSnapshot {
+    /// Every entry that could be read.
+    pub entries: HashMap<String, IndexEntry>,
+    /// Descriptions of parts of the index that were lost (evicted) or unreadable. Names in them
+    /// are unknown: orphans they held can only be found on backends that list keys.
+    pub lost: Vec<String>,
+}
+
+/// A set of changes to apply to an index.
+#[derive(Clone, Debug, Default)]
+pub struct IndexChanges {
+    /// Entries to insert or replace.
+    pub upserts: Vec<(String, IndexEntry)>,
+    /// Names to remove.
+    pub removals: Vec<String>,
+}
+
+impl IndexChanges {
+    /// Whether there is nothing to change.
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.removals.is_empty()
+    }
+}

@@ -1,0 +1,390 @@
+//! The sharded index layout ([`crate::backend::IndexLayout::Sharded`]): a root record and
+//! generation-tagged shards stored under ordinary keys, for stores that only hold values.
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::{IndexChanges, IndexEntry, IndexSnapshot};
+use crate::backend::Cache;
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::bytes::Reader;
+use crate::format::key::{ContentHash, Namespace};
+
+/// Magic of the index root record.
+pub const ROOT_MAGIC: &[u8; 4] = b"TPLX";
+/// Magic of an index shard record.
+pub const SHARD_MAGIC: &[u8; 4] = b"TPLS";
+/// Index format version.
+pub const INDEX_VERSION: u8 = 1;
+/// Target encoded size of one shard; a shard over this triggers a reshard.
+pub const SHARD_TARGET_BYTES: usize = 512 * 1024;
+const ENTRY_FIXED: usize = 2 + 32 + 8 + 1;
+const SHARD_HEADER: usize = 4 + 1 + 1 + 2 + 8 + 4 + 4 + 4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Root {
+    generation: u64,
+    shard_count: u32,
+    entries: u64,
+}
+
+type Shard = BTreeMap<String, IndexEntry>;
+
+/// The shard that holds `name` among `shard_count` shards.
+pub fn shard_of(name: &str, shard_count: u32) -> u32 {
+    let h = ContentHash::of(name.as_bytes());
+    u32::from_be_bytes([h.0[0], h.0[1], h.0[2], h.0[3]]) % shard_count.max(1)
+}
+
+fn encode_root(root: &Root) -> Bytes {
+    let mut b = BytesMut::with_capacity(28);
+    b.put_slice(ROOT_MAGIC);
+    b.put_u8(INDEX_VERSION);
+    b.put_u8(0);
+    b.put_u16(0);
+    b.put_u64(root.generation);
+    b.put_u32(root.shard_count);
+    b.put_u64(root.entries);
+    b.freeze()
+}
+
+fn decode_root(bytes: &[u8]) -> Result<Root> {
+    let mut r = Reader { bytes, pos: 0 };
+    let ok = r.take(4) == Some(ROOT_MAGIC.as_slice()) && r.u8() == Some(INDEX_VERSION);
+    let (_, _, generation, shard_count, entries) = (r.u8(), r.u16(), r.u64(), r.u32(), r.u64());
+    match (ok, generation, shard_count, entries) {
+        (true, Some(generation), Some(shard_count), Some(entries))
+            if shard_count > 0 && r.is_empty() =>
+        {
+            Ok(Root {
+                generation,
+                shard_count,
+                entries,
+            })
+        }
+        _ => Err(Error::new(
+            ErrorKind::Corrupt,
+            "index root record is malformed",
+        )),
+    }
+}
+
+fn shard_len(shard: &Shard) -> usize {
+    SHARD_HEADER + shard.keys().map(|n| n.len() + ENTRY_FIXED).sum::<usize>()
+}
+
+fn encode_shard(root: &Root, shard_no: u32, shard: &Shard) -> Result<Bytes> {
+    let mut b = BytesMut::with_capacity(shard_len(shard));
+    b.put_slice(SHARD_MAGIC);
+    b.put_u8(INDEX_VERSION);
+    b.put_u8(0);
+    b.put_u16(0);
+    b.put_u64(root.generation);
+    b.put_u32(shard_no);
+    b.put_u32(root.shard_count);
+    b.put_u32(u32::try_from(shard.len()).map_err(|_| {
+        Error::new(
+            ErrorKind::ValueTooLarge,
+            "index shard holds over 2^32 entries",
+        )
+    })?);
+    for (name, e) in shard {
+        let len = u16::try_from(name.len()).map_err(|_| {
+            Error::new(
+                ErrorKind::ConfigInvalid,
+                format!("template name too long: {name:.60}"),
+            )
+        })?;
+        b.put_u16(len);
+        b.put_slice(name.as_bytes());
+        b.put_slice(&e.hash.0);
+        b.put_u64(e.size);
+        b.put_u8(u8::from(e.pending));
+    }
+    Ok(b.freeze())
+}
+
+fn decode_shard(bytes: &[u8], root: &Root, shard_no: u32) -> Result<Shard> {
+    let bad = |why: &str| Error::new(ErrorKind::Corrupt, format!("index shard {shard_no}: {why}"));
+    let mut r = Reader { bytes, pos: 0 };
+    if r.take(4) != Some(SHARD_MAGIC.as_slice()) || r.u8() != Some(INDEX_VERSION) {
+        return Err(bad("bad magic or version"));
+    }
+    let (_, _) = (r.u8(), r.u16());
+    let (Some(generation), Some(no), Some(count), Some(n)) = (r.u64(), r.u32(), r.u32(), r.u32())
+    else {
+        return Err(bad("truncated header"));
+    };
+    if generation != root.generation || no != shard_no || count != root.shard_count {
+        return Err(bad("belongs to another index generation"));
+    }
+    let mut shard = Shard::new();
+    for _ in 0..n {
+        let name = r
+            .u16()
+            .and_then(|l| r.take(l as usize))
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .ok_or_else(|| bad("truncated or non-UTF-8 name"))?;
+        let (Some(hash), Some(size), Some(flags)) = (r.hash(), r.u64(), r.u8()) else {
+            return Err(bad("truncated entry"));
+        };
+        shard.insert(
+            name.to_owned(),
+            IndexEntry {
+                hash,
+                size,
+                pending: flags & 1 == 1,
+            },
+        );
+    }
+    if !r.is_empty() {
+        return Err(bad("trailing bytes"));
+    }
+    Ok(shard)
+}
+
+async fn read_root(b: &Cache, ns: &Namespace) -> Result<Option<Root>> {
+    let key = ns.index_root_key();
+    match b.get(&key).await? {
+        None => Ok(None),
+        Some(v) => decode_root(&v).map(Some).map_err(|e| e.context(&key)),
+    }
+}
+
+/// Reads shards `nos` of `root`; unreadable ones are reported in the second vector.
+async fn read_shards(
+    b: &Cache,
+    ns: &Namespace,
+    root: &Root,
+    nos: &[u32],
+) -> Result<(Vec<(u32, Shard)>, Vec<String>)> {
+    let keys: Vec<String> = nos
+        .iter()
+        .map(|&i| ns.index_shard_key(root.generation, i))
+        .collect();
+    let mut shards = Vec::with_capacity(nos.len());
+    let mut lost = Vec::new();
+    for (chunk_nos, chunk_keys) in nos.chunks(16).zip(keys.chunks(16)) {
+        let values = b.get_many(chunk_keys).await?;
+        for ((&no, key), value) in chunk_nos.iter().zip(chunk_keys).zip(values) {
+            match value.map(|v| decode_shard(&v, root, no)) {
+                Some(Ok(shard)) => shards.push((no, shard)),
+                Some(Err(e)) => lost.push(format!("{key}: {}", e.message())),
+                None => lost.push(format!("{key}: index shard missing (evicted?)")),
+            }
+        }
+    }
+    Ok((shards, lost))
+}
+
+/// Loads the whole index; `None` if the namespace has no index root.
+pub async fn load(b: &Cache, ns: &Namespace) -> Result<Option<IndexSnapshot>> {
+    let root = match read_root(b, ns).await {
+        Ok(Some(root)) => root,
+        Ok(None) => return Ok(None),
+        Err(e) if e.kind() == ErrorKind::Corrupt => {
+            return Ok(Some(IndexSnapshot {
+                entries: HashMap::new(),
+                lost: vec![e.to_string()],
+            }));
+        }
+        Err(e) => return Err(e),
+    };
+    let nos: Vec<u32> = (0..root.shard_count).collect();
+    let (shards, lost) = read_shards(b, ns, &root, &nos).await?;
+    let mut entries = HashMap::with_capacity(root.entries as usize);
+    for (_, shard) in shards {
+        entries.extend(shard);
+    }
+    Ok(Some(IndexSnapshot { entries, lost }))
+}
+
+fn shard_count_for(total_bytes: usize, max_value: Option<usize>) -> u32 {
+    let target = max_value
+        .map_or(SHARD_TARGET_BYTES, |m| m.min(SHARD_TARGET_BYTES))
+        .max(4096);
+    let needed = (total_bytes * 4 / 3) / target + 1;
+    u32::try_from(needed.next_power_of_two()).unwrap_or(u32::MAX)
+}
+
+/// Applies `changes`, creating the index if needed and resharding when a shard outgrows
+/// [`SHARD_TARGET_BYTES`] or the backend's maximum value size.
+pub async fn update(b: &Cache, ns: &Namespace, changes: &IndexChanges) -> Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let max_value = b.capabilities().max_value_bytes;
+    let root = read_root(b, ns).await.or_else(|e| {
+        if e.kind() == ErrorKind::Corrupt {
+            Ok(None)
+        } else {
+            Err(e)
+        }
+    })?;
+    let Some(root) = root else {
+        // No index yet (or it was evicted): write a fresh generation from the changes alone.
+        let mut all = HashMap::new();
+        apply(&mut all, changes);
+        return write_generation(b, ns, all, None, max_value).await;
+    };
+    // Group the changes by shard, hashing each name once.
+    type Group<'a> = (Vec<&'a (String, IndexEntry)>, Vec<&'a String>);
+    let mut groups: BTreeMap<u32, Group<'_>> = BTreeMap::new();
+    for u in &changes.upserts {
+        groups
+            .entry(shard_of(&u.0, root.shard_count))
+            .or_default()
+            .0
+            .push(u);
+    }
+    for name in &changes.removals {
+        groups
+            .entry(shard_of(name, root.shard_count))
+            .or_default()
+            .1
+            .push(name);
+    }
+    let nos: Vec<u32> = groups.keys().copied().collect();
+    let (mut shards, _lost) = read_shards(b, ns, &root, &nos).await?;
+    // A lost shard is recreated from the changes alone: its other names are unknown anyway.
+    for &no in &nos {
+        if !shards.iter().any(|(n, _)| *n == no) {
+            shards.push((no, Shard::new()));
+        }
+    }
+    let mut delta: i64 = 0;
+    for (no, shard) in &mut shards {
+        let before = shard.len() as i64;
+        if let Some((upserts, removals)) = groups.get(no) {
+            for (name, e) in upserts {
+                shard.insert(name.clone(), *e);
+            }
+            for name in removals {
+                shard.remove(*name);
+            }
+        }
+        delta += shard.len() as i64 - before;
+    }
+    let limit = max_value
+        .map_or(SHARD_TARGET_BYTES, |m| m.min(SHARD_TARGET_BYTES))
+        .max(4096);
+    if shards.iter().any(|(_, s)| shard_len(s) > limit) {
+        // Reshard: load everything, write a new generation, switch the root, drop the old one.
+        let mut all = load(b, ns).await?.map(|s| s.entries).unwrap_or_default();
+        apply(&mut all, changes);
+        return write_generation(b, ns, all, Some(root), max_value).await;
+    }
+    let entries = (root.entries as i64 + delta).max(0) as u64;
+    let new_root = Root { entries, ..root };
+    let mut writes = Vec::with_capacity(shards.len());
+    for (no, shard) in &shards {
+        writes.push((
+            ns.index_shard_key(root.generation, *no),
+            encode_shard(&new_root, *no, shard)?,
+        ));
+    }
+    for chunk in writes.chunks(16) {
+        b.set_many(chunk).await?;
+    }
+    if new_root != root {
+        b.set(&ns.index_root_key(), encode_root(&new_root)).await?;
+    }
+    Ok(())
+}
+
+fn apply(all: &mut HashMap<String, IndexEntry>, changes: &IndexChanges) {
+    for (name, e) in &changes.upserts {
+        all.insert(name.clone(), *e);
+    }
+    for name in &changes.removals {
+        all.remove(name);
+    }
+}
+
+async fn write_generation(
+    b: &Cache,
+    ns: &Namespace,
+    all: HashMap<String, IndexEntry>,
+    old: Option<Root>,
+    max_value: Option<usize>,
+) -> Result<()> {
+    let total: usize = all.keys().map(|n| n.len() + ENTRY_FIXED).sum();
+    let shard_count = shard_count_for(total, max_value);
+    let mut generation = fastrand::u64(1..);
+    while old.is_some_and(|o| o.generation == generation) {
+        generation = fastrand::u64(1..);
+    }
+    let root = Root {
+        generation,
+        shard_count,
+        entries: all.len() as u64,
+    };
+    let mut shards: Vec<Shard> = (0..shard_count).map(|_| Shard::new()).collect();
+    for (name, e) in all {
+        let no = shard_of(&name, shard_count) as usize;
+        shards[no].insert(name, e);
+    }
+    let mut batch = Vec::new();
+    for (no, shard) in shards.iter().enumerate() {
+        let value = encode_shard(&root, no as u32, shard)?;
+        let key = ns.index_shard_key(generation, no as u32);
+        batch.push((key, value));
+        if batch.len() == 16 {
+            b.set_many(&batch).await?;
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        b.set_many(&batch).await?;
+    }
+    b.set(&ns.index_root_key(), encode_root(&root)).await?;
+    if let Some(old) = old {
+        let stale: Vec<String> = (0..old.shard_count)
+            .map(|i| ns.index_shard_key(old.generation, i))
+            .collect();
+        for chunk in stale.chunks(256) {
+            // Stale shards are unreferenced garbage: failing to delete them is harmless.
+            if let Err(e) = b.delete_many(chunk).await {
+                tracing::warn!(error = %e, "could not delete a stale index generation");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_round_trip_and_garbage() {
+        let root = Root {
+            generation: 9,
+            shard_count: 2,
+            entries: 1,
+        };
+        let mut s = Shard::new();
+        s.insert(
+            "a/b".into(),
+            IndexEntry {
+                hash: ContentHash::of(b"x"),
+                size: 1,
+                pending: true,
+            },
+        );
+        let enc = encode_shard(&root, 1, &s).unwrap();
+        assert_eq!(enc.len(), shard_len(&s));
+        assert_eq!(decode_shard(&enc, &root, 1).unwrap(), s);
+        assert!(decode_shard(&enc, &root, 0).is_err());
+        assert!(decode_shard(&enc[..enc.len() - 1], &root, 1).is_err());
+        assert_eq!(decode_root(&encode_root(&root)).unwrap(), root);
+        assert!(decode_root(b"TPLX").is_err());
+    }
+
+    #[test]
+    fn shard_counts_grow_with_size_and_respect_value_limits() {
+        assert_eq!(shard_count_for(0, None), 1);
+        assert_eq!(shard_count_for(100_000 * 90, None), 32);
+        assert!(shard_count_for(100_000 * 90, Some(1 << 20)) >= 16);
+    }
+}

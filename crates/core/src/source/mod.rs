@@ -1,0 +1,184 @@
+//! The template source: the tree walk ([`scan`]), persisted fingerprints ([`fingerprints`]),
+//! and content hashing that never re-reads an unchanged file.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::key::ContentHash;
+
+pub mod fingerprints;
+pub mod scan;
+
+pub use fingerprints::FingerprintStore;
+use scan::{Filter, Fingerprint, Scan, SourceConfig, SourceFile};
+
+/// A template's content as read from its file.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// The bytes read.
+    pub content: Bytes,
+    /// Their SHA-256.
+    pub hash: ContentHash,
+    /// The file's modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+}
+
+/// Scans a template tree and hashes its files, reading only those whose fingerprint changed.
+#[derive(Debug)]
+pub struct Source {
+    config: SourceConfig,
+    filter: Filter,
+    root: PathBuf,
+    fingerprints: Mutex<FingerprintStore>,
+    files_hashed: std::sync::atomic::AtomicU64,
+}
+
+impl Source {
+    /// Validates `config` (glob patterns) and loads persisted fingerprints.
+    pub fn new(config: SourceConfig) -> Result<Arc<Self>> {
+        let filter = Filter::new(&config)?;
+        let root = std::fs::canonicalize(&config.root).unwrap_or_else(|_| config.root.clone());
+        let store = FingerprintStore::load(config.state_path.as_deref(), &root);
+        Ok(Arc::new(Source {
+            config,
+            filter,
+            root,
+            fingerprints: Mutex::new(store),
+            files_hashed: Default::default(),
+        }))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SourceConfig {
+        &self.config
+    }
+
+    /// How many files this source has read and hashed since it was created.
+    pub fn files_hashed(&self) -> u64 {
+        self.files_hashed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Walks the tree (off the async executor).
+    pub async fn scan(self: &Arc<Self>) -> Result<Scan> {
+        let this = Arc::clone(self);
+        let scan = tokio::task::spawn_blocking(move || {
+            crate::source::scan::scan(&this.config, &this.filter)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Unexpected, format!("scan task failed: {e}")))??;
+        Ok(scan)
+    }
+
+    /// The hash of `file` if it is known and its fingerprint is unchanged (never with `checksum`).
+    pub fn known_hash(&self, file: &SourceFile) -> Option<ContentHash> {
+        if self.config.checksum {
+            return None;
+        }
+        self.lock().lookup(&file.name, &file.fingerprint)
+    }
+
+    /// Reads and hashes `files` off the executor, recording their fingerprints.
+    pub async fn load_many(
+        self: &Arc<Self>,
+        files: Vec<SourceFile>,
+    ) -> Vec<(SourceFile, Result<Loaded>)> {
+        let this = Arc::clone(self);
+        let n = files.len();
+        match tokio::task::spawn_blocking(move || {
+            files
+                .into_iter()
+                .map(|f| {
+                    let r = this.load_one(&f);
+                    (f, r)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, files = n, "file reading task failed");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Reads and hashes one file, retrying if it changes while being read.
+    pub fn load_one(&self, file: &SourceFile) -> Result<Loaded> {
+        let path = &file.path;
+        for _ in 0..3 {
+            let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            let before = Fingerprint::of(&f.metadata().map_err(|e| Error::io(path, e))?);
+            if before.size > self.config.max_template_bytes {
+                return Err(Error::new(
+                    ErrorKind::ValueTooLarge,
+                    format!(
+                        "{} is {} bytes, over the maximum template size of {} bytes",
+                        path.display(),
+                        before.size,
+                        self.config.max_template_bytes
+                    ),
+                ));
+            }
+            let mut buf = Vec::with_capacity(before.size as usize);
+            (&mut f)
+                .take(self.config.max_template_bytes + 1)
+                .read_to_end(&mut buf)
+                .map_err(|e| Error::io(path, e))?;
+            let after = Fingerprint::of(&f.metadata().map_err(|e| Error::io(path, e))?);
+            if before != after || buf.len() as u64 != after.size {
+                continue;
+            }
+            let hash = ContentHash::of(&buf);
+            self.files_hashed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.lock()
+                .record(&file.name, after, hash, crate::time::now_ns());
+            return Ok(Loaded {
+                content: Bytes::from(buf),
+                hash,
+                mtime_ns: after.mtime_ns,
+            });
+        }
+        Err(Error::new(
+            ErrorKind::Io,
+            format!("{} kept changing while being read", path.display()),
+        )
+        .temporary())
+    }
+
+    /// Forgets fingerprints of files that `scan` no longer found.
+    pub fn prune_state(&self, scan: &Scan) {
+        let mut store = self.lock();
+        // Every scanned file that was hashed is in the store, so extra entries mean files are
+        // gone: only then is pruning worth a pass.
+        if store.len() > scan.files.len() {
+            let names: std::collections::HashSet<&str> =
+                scan.files.iter().map(|f| f.name.as_str()).collect();
+            store.retain(|n| names.contains(n));
+        }
+    }
+
+    /// Persists the fingerprint store, if a state path is configured and it changed.
+    pub fn save_state(&self) {
+        let Some(path) = &self.config.state_path else {
+            return;
+        };
+        if let Err(e) = self.lock().save(path) {
+            tracing::warn!(error = %e, "cannot save the fingerprint state; the next run re-hashes");
+        }
+    }
+
+    /// The canonical root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FingerprintStore> {
+        self.fingerprints.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
