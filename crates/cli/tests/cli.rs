@@ -182,12 +182,13 @@ fn thresholds_refuse_with_exit_3() {
 
 #[tokio::test]
 async fn deep_check_finds_and_fixes_corruption() {
+    use std::sync::Arc;
     use template_cache::sled::SledBackend;
-    use template_cache::{Bytes, CacheBackend, Namespace};
+    use template_cache::{Bytes, Cache, Namespace};
     let env = Env::new();
     assert_eq!(env.run(&["warm", env.dir()]).status.code(), Some(0));
     {
-        let db = SledBackend::open(&env.db).unwrap();
+        let db = Cache::new(Arc::new(SledBackend::open(&env.db).unwrap()));
         let key = Namespace::default().key_for("emails/welcome.html");
         db.set(&key, Bytes::from_static(b"garbage")).await.unwrap();
         db.flush().await.unwrap();

@@ -18,6 +18,9 @@ pub const SHARD_MAGIC: &[u8; 4] = b"TPLS";
 pub const INDEX_VERSION: u8 = 1;
 /// Target encoded size of one shard; a shard over this triggers a reshard.
 pub const SHARD_TARGET_BYTES: usize = 512 * 1024;
+/// The most shards an index may have (a power of two): 32 GiB of index at 512 KiB a shard. A
+/// root claiming more is corrupt, so a hostile root cannot make a reader allocate without bound.
+pub const MAX_SHARDS: u32 = 1 << 16;
 const ENTRY_FIXED: usize = 2 + 32 + 8 + 1;
 const SHARD_HEADER: usize = 4 + 1 + 1 + 2 + 8 + 4 + 4 + 4;
 
@@ -54,7 +57,7 @@ fn decode_root(bytes: &[u8]) -> Result<Root> {
     let (_, _, generation, shard_count, entries) = (r.u8(), r.u16(), r.u64(), r.u32(), r.u64());
     match (ok, generation, shard_count, entries) {
         (true, Some(generation), Some(shard_count), Some(entries))
-            if shard_count > 0 && r.is_empty() =>
+            if shard_count.is_power_of_two() && shard_count <= MAX_SHARDS && r.is_empty() =>
         {
             Ok(Root {
                 generation,
@@ -62,6 +65,12 @@ fn decode_root(bytes: &[u8]) -> Result<Root> {
                 entries,
             })
         }
+        (true, _, Some(n), _) if !(n.is_power_of_two() && n <= MAX_SHARDS) => Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "index root record claims {n} shards (a power of two up to {MAX_SHARDS} expected)"
+            ),
+        )),
         _ => Err(Error::new(
             ErrorKind::Corrupt,
             "index root record is malformed",
@@ -192,7 +201,8 @@ pub async fn load(b: &Cache, ns: &Namespace) -> Result<Option<IndexSnapshot>> {
     };
     let nos: Vec<u32> = (0..root.shard_count).collect();
     let (shards, lost) = read_shards(b, ns, &root, &nos).await?;
-    let mut entries = HashMap::with_capacity(root.entries as usize);
+    // Sized by what was decoded, never by the root's (untrusted) entry count.
+    let mut entries = HashMap::with_capacity(shards.iter().map(|(_, s)| s.len()).sum());
     for (_, shard) in shards {
         entries.extend(shard);
     }
@@ -274,7 +284,7 @@ pub async fn update(b: &Cache, ns: &Namespace, changes: &IndexChanges) -> Result
         apply(&mut all, changes);
         return write_generation(b, ns, all, Some(root), max_value).await;
     }
-    let entries = (root.entries as i64 + delta).max(0) as u64;
+    let entries = root.entries.saturating_add_signed(delta);
     let new_root = Root { entries, ..root };
     let mut writes = Vec::with_capacity(shards.len());
     for (no, shard) in &shards {
@@ -386,5 +396,79 @@ mod tests {
         assert_eq!(shard_count_for(0, None), 1);
         assert_eq!(shard_count_for(100_000 * 90, None), 32);
         assert!(shard_count_for(100_000 * 90, Some(1 << 20)) >= 16);
+    }
+
+    #[test]
+    fn hostile_roots_are_corrupt_not_fatal() {
+        for shard_count in [0, 3, MAX_SHARDS * 2, u32::MAX] {
+            let root = Root {
+                generation: 1,
+                shard_count,
+                entries: u64::MAX,
+            };
+            let e = decode_root(&encode_root(&root)).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Corrupt, "{shard_count}");
+        }
+        let root = Root {
+            generation: 1,
+            shard_count: MAX_SHARDS,
+            entries: u64::MAX,
+        };
+        assert_eq!(decode_root(&encode_root(&root)).unwrap(), root);
+    }
+
+    use proptest::prelude::*;
+
+    fn sample_shard() -> (Root, Bytes) {
+        let root = Root {
+            generation: 7,
+            shard_count: 4,
+            entries: 3,
+        };
+        let mut s = Shard::new();
+        for (i, n) in ["a.html", "b/c.html", "d"].iter().enumerate() {
+            s.insert(
+                (*n).into(),
+                IndexEntry {
+                    hash: ContentHash::of(n.as_bytes()),
+                    size: i as u64,
+                    pending: i == 1,
+                },
+            );
+        }
+        let enc = encode_shard(&root, 2, &s).unwrap();
+        (root, enc)
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic_on_any_bytes(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = decode_root(&data);
+            let (root, _) = sample_shard();
+            let _ = decode_shard(&data, &root, 2);
+        }
+
+        #[test]
+        fn decoders_never_panic_on_mutated_records(
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let (root, enc) = sample_shard();
+            for original in [enc.to_vec(), encode_root(&root).to_vec()] {
+                let mut v = original.clone();
+                for (i, b) in &flips {
+                    let i = i.index(v.len());
+                    v[i] ^= b;
+                }
+                let v = &v[..cut.index(v.len() + 1)];
+                // A decoded shard never holds more entries than its bytes can describe.
+                if let Ok(shard) = decode_shard(v, &root, 2) {
+                    prop_assert!(shard.len() * ENTRY_FIXED <= v.len());
+                }
+                if let Ok(r) = decode_root(v) {
+                    prop_assert!(r.shard_count.is_power_of_two() && r.shard_count <= MAX_SHARDS);
+                }
+            }
+        }
     }
 }

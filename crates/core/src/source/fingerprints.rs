@@ -203,4 +203,14 @@ mod tests {
                 .is_empty()
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_state_file_loads_without_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("fp");
+            std::fs::write(&path, &data).unwrap();
+            let _ = FingerprintStore::load(Some(&path), Path::new("/r"));
+        }
+    }
 }
