@@ -119,7 +119,7 @@ fn engines(c: &mut Criterion, rt: &Runtime) {
         let dir = tempfile::tempdir().unwrap();
         template_cache_bench::generate(dir.path(), count, 42).unwrap();
         // Let timestamps settle past the racy window so fingerprints are trusted.
-        std::thread::sleep(Duration::from_millis(1100));
+        std::thread::sleep(Duration::from_millis(2100));
         let mut group = c.benchmark_group(format!("engine_{count}"));
         group.throughput(Throughput::Elements(count as u64));
         group.sample_size(10);

@@ -179,7 +179,7 @@ async fn unchanged_files_are_not_reread_even_in_a_fresh_process_but_cp_p_is_caug
     let state = tempfile::tempdir().unwrap();
     tree(dir.path(), &["a.html", "b.html", "c.html"]);
     // Let the files' timestamps settle past the racy window.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let m = Arc::new(FaultyBackend::new());
     let mut cfg = config(dir.path(), "t");
     cfg.source.state_path = Some(state.path().join("fingerprints"));

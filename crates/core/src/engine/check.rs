@@ -242,8 +242,8 @@ impl Checker {
     }
 
     /// Index names without a file are orphans; with `list` (and a backend that lists), keys
-    /// nobody knows are fetched and classified as orphaned or corrupt. Templates that exist but
-    /// failed to scan are never orphans.
+    /// nobody knows are fetched and classified as orphaned or corrupt. Nothing the scan could
+    /// not see (a failed file, or anything under a directory that failed) is ever an orphan.
     async fn classify_orphans(
         &self,
         scan: &Scan,
@@ -254,17 +254,18 @@ impl Checker {
         let ctx = &self.ctx;
         let ns = &ctx.namespace;
         let file_names: HashSet<&str> = scan.files.iter().map(|f| f.name.as_str()).collect();
-        let failed_names: HashSet<&str> = scan.failures.iter().map(|f| f.name.as_str()).collect();
+        // What the scan could not see (an unreadable or vanished directory, a failed stat) may
+        // still exist: nothing under it is ever an orphan.
+        let unseen = scan.unknown();
         let mut known_keys: HashSet<String> =
             scan.files.iter().map(|f| ns.key_for(&f.name)).collect();
         for name in index.entries.keys() {
             let key = ns.key_for(name);
-            if !file_names.contains(name.as_str()) && !failed_names.contains(name.as_str()) {
+            if !file_names.contains(name.as_str()) && !unseen.covers(name) {
                 found.remove(Kind::Orphaned, Some(name.clone()), key.clone());
             }
             known_keys.insert(key);
         }
-        known_keys.extend(failed_names.iter().map(|n| ns.key_for(n)));
         found.report.entries = index.entries.len();
         if !(list && ctx.cache.capabilities().list_keys) {
             return Ok(());
@@ -294,6 +295,7 @@ impl Checker {
             for (key, value) in keys.iter().zip(values) {
                 let Some(value) = value else { continue };
                 match Record::decode(&value) {
+                    Ok(rec) if unseen.covers(&rec.name) => {}
                     Ok(rec) if ns.key_for(&rec.name) == *key => {
                         found.remove(Kind::Orphaned, Some(rec.name), key.clone())
                     }

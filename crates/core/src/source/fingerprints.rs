@@ -11,7 +11,8 @@ use crate::source::scan::Fingerprint;
 
 /// Files whose mtime or ctime is this close to the moment they were hashed are hashed again on
 /// the next run: a write in the same timestamp tick would otherwise go unnoticed.
-const RACY_WINDOW_NS: i64 = 1_000_000_000;
+/// Two seconds: coarse filesystems (FAT, some network mounts) keep mtimes in 2 s steps.
+const RACY_WINDOW_NS: i64 = 2_000_000_000;
 const STATE_VERSION: u32 = 1;
 
 #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
@@ -173,6 +174,12 @@ mod tests {
             s.lookup("a", &fp(10, 11)),
             None,
             "ctime change (cp -p / touch -r)"
+        );
+        s.record("c", fp(10, 10), h, 10 + 1_500_000_000);
+        assert_eq!(
+            s.lookup("c", &fp(10, 10)),
+            None,
+            "1.5 s is still racy where timestamps have 2 s steps"
         );
         s.record("b", fp(10, 10), h, 10 + RACY_WINDOW_NS / 2);
         assert_eq!(

@@ -88,6 +88,7 @@ impl Source {
     ) -> Vec<(SourceFile, Result<Loaded>)> {
         let this = Arc::clone(self);
         let n = files.len();
+        let names = files.clone();
         match tokio::task::spawn_blocking(move || {
             files
                 .into_iter()
@@ -101,8 +102,13 @@ impl Source {
         {
             Ok(v) => v,
             Err(e) => {
+                // Every file of a failed task is reported, never silently dropped.
                 tracing::error!(error = %e, files = n, "file reading task failed");
-                Vec::new()
+                let err = Error::new(
+                    ErrorKind::Unexpected,
+                    format!("file reading task failed: {e}"),
+                );
+                names.into_iter().map(|f| (f, Err(err.clone()))).collect()
             }
         }
     }
@@ -111,8 +117,8 @@ impl Source {
     pub fn load_one(&self, file: &SourceFile) -> Result<Loaded> {
         let path = &file.path;
         for _ in 0..3 {
-            let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-            let before = Fingerprint::of(&f.metadata().map_err(|e| Error::io(path, e))?);
+            let (mut f, meta) = scan::open_confined(&self.root, file)?;
+            let before = Fingerprint::of(&meta);
             if before.size > self.config.max_template_bytes {
                 return Err(Error::new(
                     ErrorKind::ValueTooLarge,

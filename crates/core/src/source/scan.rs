@@ -123,6 +123,36 @@ pub struct Scan {
     pub failures: Vec<ScanFailure>,
 }
 
+impl Scan {
+    /// The parts of the tree this scan could not see: every failed path, as a prefix. A template
+    /// under one of them may exist, so it must never be taken as deleted.
+    pub fn unknown(&self) -> UnknownPrefixes {
+        UnknownPrefixes(self.failures.iter().map(|f| f.name.clone()).collect())
+    }
+}
+
+/// Names (files or directories) a scan could not see; see [`Scan::unknown`].
+#[derive(Clone, Debug, Default)]
+pub struct UnknownPrefixes(std::collections::HashSet<String>);
+
+impl UnknownPrefixes {
+    /// Whether `name` is, or lies under, an unknown path.
+    pub fn covers(&self, name: &str) -> bool {
+        if self.0.is_empty() {
+            return false;
+        }
+        name.match_indices('/')
+            .map(|(i, _)| &name[..i])
+            .chain(std::iter::once(name))
+            .any(|prefix| self.0.contains(prefix))
+    }
+
+    /// Whether the scan saw everything.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Compiled include/exclude patterns.
 #[derive(Clone, Debug)]
 pub struct Filter {
@@ -279,8 +309,95 @@ pub fn scan(config: &SourceConfig, filter: &Filter) -> Result<Scan> {
             Err(error) => out.failures.push(ScanFailure { name, error }),
         }
     }
+    // Candidates whose stat never reported (a scan thread that panicked) are failures of their
+    // own, never silently absent: an absent file would look deleted.
+    for (name, path, _) in candidates.into_iter().flatten() {
+        out.failures.push(ScanFailure {
+            error: Error::new(
+                ErrorKind::Unexpected,
+                format!("{}: the scan of this file did not complete", path.display()),
+            ),
+            name,
+        });
+    }
     out.failures.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+fn not_regular(path: &Path) -> Error {
+    Error::new(
+        ErrorKind::Io,
+        format!(
+            "{} is not a regular file (a FIFO, socket or device); skipped",
+            path.display()
+        ),
+    )
+}
+
+/// Opens scanned template `file` for reading, safely against a tree that changes underneath:
+/// a final symlink is only followed if it still leads inside `root` (canonical), FIFOs never
+/// block the open, and the opened file must be a regular file that is the one the scan vetted
+/// (same device and inode) or, if it was replaced since, one that lies inside `root` now.
+pub fn open_confined(root: &Path, file: &SourceFile) -> Result<(std::fs::File, std::fs::Metadata)> {
+    let path = &file.path;
+    let opened = match open_no_follow(path) {
+        Err(e) if is_symlink_refusal(&e) => {
+            let target = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+            if !target.starts_with(root) {
+                return Err(leads_out(path));
+            }
+            open_no_follow(&target)
+        }
+        other => other,
+    };
+    let f = opened.map_err(|e| Error::io(path, e))?;
+    let meta = f.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_regular(path));
+    }
+    let now = Fingerprint::of(&meta);
+    if (now.dev, now.ino) != (file.fingerprint.dev, file.fingerprint.ino) {
+        // Replaced since the scan (an editor's atomic save, a deploy): accept it only if the
+        // path leads inside the root to the very file we opened.
+        let target = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+        let there = std::fs::metadata(&target).map(|m| Fingerprint::of(&m));
+        if !target.starts_with(root)
+            || there.map(|t| (t.dev, t.ino)).ok() != Some((now.dev, now.ino))
+        {
+            return Err(leads_out(path));
+        }
+    }
+    Ok((f, meta))
+}
+
+fn leads_out(path: &Path) -> Error {
+    Error::new(
+        ErrorKind::PermissionDenied,
+        format!("{} leads out of the template root", path.display()),
+    )
+}
+
+fn open_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    opts.open(path)
+}
+
+fn is_symlink_refusal(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        e.raw_os_error() == Some(libc::ELOOP)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
+    }
 }
 
 /// Checks one walked path; `Ok(None)` means "not a template" (a directory symlink, a socket...).
@@ -303,8 +420,11 @@ fn accept_file(
         }
     }
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Ok(None); // a symlink to a directory: its files are reached by their real path
+    }
     if !meta.is_file() {
-        return Ok(None);
+        return Err(not_regular(path));
     }
     if meta.len() > config.max_template_bytes {
         return Err(Error::new(
@@ -472,5 +592,70 @@ mod tests {
         write(dir.path(), "a.html", "a");
         assert!(path_of(dir.path(), "a.html").is_ok());
         assert!(path_of(dir.path(), "../a.html").is_err());
+    }
+
+    #[test]
+    fn unknown_prefixes_cover_their_subtrees_only() {
+        let scan = Scan {
+            files: vec![],
+            failures: vec![ScanFailure {
+                name: "secret".into(),
+                error: Error::new(ErrorKind::PermissionDenied, "secret: denied"),
+            }],
+        };
+        let u = scan.unknown();
+        assert!(u.covers("secret"));
+        assert!(u.covers("secret/a.html"));
+        assert!(u.covers("secret/deep/er/b.html"));
+        assert!(!u.covers("secrets/a.html"));
+        assert!(!u.covers("public/secret"));
+        assert!(Scan::default().unknown().is_empty());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn fifos_are_per_file_errors_and_opens_stay_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let root = std::fs::canonicalize(&root).unwrap();
+        write(&root, "a.html", "a");
+        write(dir.path(), "outside.txt", "secret");
+        let status = std::process::Command::new("mkfifo")
+            .arg(root.join("pipe.html"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let cfg = SourceConfig::new(&root);
+        let scan = scan(&cfg, &Filter::new(&cfg).unwrap()).unwrap();
+        assert_eq!(scan.files.len(), 1);
+        assert_eq!(scan.failures.len(), 1);
+        assert_eq!(scan.failures[0].name, "pipe.html");
+        assert!(
+            scan.failures[0]
+                .error
+                .to_string()
+                .contains("not a regular file")
+        );
+
+        // Swapped for a symlink that leads out between scan and read: refused.
+        let file = scan.files[0].clone();
+        assert!(open_confined(&root, &file).is_ok());
+        std::fs::remove_file(root.join("a.html")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside.txt"), root.join("a.html")).unwrap();
+        let e = open_confined(&root, &file).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+        // Replaced by another regular file inside the root (an atomic save): accepted.
+        std::fs::remove_file(root.join("a.html")).unwrap();
+        write(&root, "a.html", "new");
+        assert!(open_confined(&root, &file).is_ok());
+        // A FIFO swapped in never blocks the open.
+        std::fs::remove_file(root.join("a.html")).unwrap();
+        std::process::Command::new("mkfifo")
+            .arg(root.join("a.html"))
+            .status()
+            .unwrap();
+        let e = open_confined(&root, &file).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 }
