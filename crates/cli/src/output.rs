@@ -2,6 +2,25 @@
 
 use template_cache::{CheckReport, Error, ResolveReport, WarmReport};
 
+/// `text` with control characters escaped (`\n`, `\u{1b}`), so that a hostile file name
+/// cannot forge lines or terminal sequences in human output.
+pub fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_debug().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
 /// Prints `value` as one line of JSON on stdout.
 pub fn print_json(value: &serde_json::Value) {
     println!("{value}");
@@ -27,7 +46,9 @@ pub fn warm(json: bool, r: &WarmReport, backend: &str) {
     for f in &r.failed {
         println!(
             "  failed    {}  ({} attempts): {}",
-            f.name, f.attempts, f.error
+            escaped(&f.name),
+            f.attempts,
+            escaped(&f.error)
         );
     }
 }
@@ -63,10 +84,13 @@ pub fn check(
         r.files,
         r.entries,
         r.duration.as_millis(),
-        if r.consistent {
-            "consistent".to_owned()
-        } else {
-            format!("{} inconsistencies", r.inconsistencies())
+        match (r.consistent, r.errors.len()) {
+            (true, _) => "consistent".to_owned(),
+            (false, 0) => format!("{} inconsistencies", r.inconsistencies()),
+            (false, n) => format!(
+                "{} inconsistencies, {n} errors (what could not be read is never taken as deleted)",
+                r.inconsistencies()
+            ),
         }
     );
     for (kind, names) in [
@@ -76,11 +100,11 @@ pub fn check(
         ("corrupt", &r.corrupt),
     ] {
         for n in names {
-            println!("  {kind:<9} {n}");
+            println!("  {kind:<9} {}", escaped(n));
         }
     }
     for e in &r.errors {
-        println!("  error     {}: {}", e.name, e.error);
+        println!("  error     {}: {}", escaped(&e.name), escaped(&e.error));
     }
     match fix {
         None => {}
@@ -99,9 +123,21 @@ pub fn check(
                 f.failed.len()
             );
             for e in &f.failed {
-                println!("  failed    {}: {}", e.name, e.error);
+                println!("  failed    {}: {}", escaped(&e.name), escaped(&e.error));
             }
         }
         Some(Err(e)) => println!("fix refused, nothing was changed: {}", e.message()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(super::escaped("a/b.html"), "a/b.html");
+        assert_eq!(
+            super::escaped("evil\n  missing   x\u{1b}[31m.html"),
+            "evil\\n  missing   x\\u{1b}[31m.html"
+        );
     }
 }

@@ -62,6 +62,8 @@ pub async fn run(
     Ok(match fix {
         Err(_) => EXIT_REFUSED,
         Ok(f) if !f.failed.is_empty() => EXIT_FOUND,
+        // Parts of the tree or cache could not be checked: not everything is known to be right.
+        Ok(_) if !report.errors.is_empty() => EXIT_FOUND,
         Ok(_) if report.consistent => EXIT_OK,
         // Inconsistencies were found (and fixed unless dry run): report them with 1 only if
         // something is left unresolved.

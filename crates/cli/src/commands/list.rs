@@ -29,7 +29,7 @@ pub async fn run(
         use std::io::Write;
         let mut out = std::io::stdout().lock();
         for n in names {
-            if writeln!(out, "{n}").is_err() {
+            if writeln!(out, "{}", crate::output::escaped(n)).is_err() {
                 break;
             }
         }
