@@ -2,6 +2,9 @@
 //!
 //! Doc comments on fields and subcommands are the `--help` text. The structs carry none on
 //! purpose: clap would show them as the command's description.
+//!
+//! Every numeric flag is range-checked by its value parser, so an out-of-range value is a usage
+//! error (exit 2) naming the flag and its range before anything runs.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +13,68 @@ use clap::{Args, Parser, Subcommand};
 
 /// The backend used when neither `--backend` nor `TCACHE_BACKEND` is given.
 pub const DEFAULT_BACKEND: &str = "sled://.tcache";
+
+/// The environment variable holding the backend password (never the command line: `ps` shows
+/// arguments to every user).
+pub const PASSWORD_ENV: &str = "TCACHE_BACKEND_PASSWORD";
+
+/// `--interval`: from 1 s (shorter would hammer the backend with scans) to 30 days.
+pub const INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(30 * 86_400));
+/// `--concurrency`.
+pub const CONCURRENCY_RANGE: (u64, u64) = (1, 1024);
+/// `--batch-size`.
+pub const BATCH_SIZE_RANGE: (u64, u64) = (1, 100_000);
+/// `--max-attempts`.
+pub const MAX_ATTEMPTS_RANGE: (u64, u64) = (1, 100);
+/// `--max-template-size`: up to 1 GiB.
+pub const MAX_TEMPLATE_SIZE_RANGE: (u64, u64) = (1, 1024 * 1024 * 1024);
+/// `--max-delete` (0: no deletion at all).
+pub const MAX_DELETE_RANGE: (u64, u64) = (0, 1_000_000_000);
+
+/// A parser of durations from `min` to `max` (`500ms`, `30s`, `5m`, `1h`).
+fn duration_in(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |s| match humantime::parse_duration(s) {
+        Ok(d) if (min..=max).contains(&d) => Ok(d),
+        _ => Err(format!(
+            "must be a duration from {} to {} (for example 30s, 5m, 1h)",
+            template_cache::url::format_duration(min),
+            template_cache::url::format_duration(max)
+        )),
+    }
+}
+
+/// A parser of whole numbers from `min` to `max`, as `T`.
+fn count_in<T: TryFrom<u64>>(
+    (min, max): (u64, u64),
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
+    move |s| {
+        s.parse::<u64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .and_then(|n| T::try_from(n).ok())
+            .ok_or_else(|| format!("must be a whole number from {min} to {max}"))
+    }
+}
+
+/// A parser of rates: finite numbers greater than 0.
+fn rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err("must be a finite number greater than 0 (for example 100 or 2.5)".into()),
+    }
+}
+
+/// A parser of ratios: numbers from 0 to 1.
+fn ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err("must be a number from 0 to 1 (for example 0.25)".into()),
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -21,6 +86,16 @@ pub struct Cli {
     /// Backend URL: sled://PATH, moka://, redis://, rediss://, redis+cluster://, memcache://.
     #[arg(long, global = true, env = "TCACHE_BACKEND", default_value = DEFAULT_BACKEND, hide_env_values = true)]
     pub backend: String,
+    /// Read the backend password from FILE (one trailing newline is stripped; no encoding
+    /// needed); it replaces any password in the URL. Or set TCACHE_BACKEND_PASSWORD.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "TCACHE_BACKEND_PASSWORD_FILE",
+        hide_env_values = true
+    )]
+    pub backend_password_file: Option<PathBuf>,
     /// Key namespace.
     #[arg(long, global = true, default_value = template_cache::DEFAULT_NAMESPACE)]
     pub namespace: String,
@@ -69,23 +144,23 @@ pub struct SourceArgs {
     /// Re-hash every file instead of trusting unchanged fingerprints.
     #[arg(long)]
     pub checksum: bool,
-    /// Largest template in bytes; larger files fail alone.
-    #[arg(long, value_name = "BYTES", default_value_t = template_cache::scan::DEFAULT_MAX_TEMPLATE_BYTES)]
+    /// Largest template in bytes (1 to 1073741824); larger files fail alone.
+    #[arg(long, value_name = "BYTES", default_value_t = template_cache::scan::DEFAULT_MAX_TEMPLATE_BYTES, value_parser = count_in::<u64>(MAX_TEMPLATE_SIZE_RANGE))]
     pub max_template_size: u64,
-    /// Batches in flight at once.
-    #[arg(long, default_value_t = 4)]
+    /// Batches in flight at once (1 to 1024).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = count_in::<usize>(CONCURRENCY_RANGE))]
     pub concurrency: usize,
-    /// Templates per batch.
-    #[arg(long, default_value_t = 256)]
+    /// Templates per batch (1 to 100000).
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = count_in::<usize>(BATCH_SIZE_RANGE))]
     pub batch_size: usize,
-    /// Rate limit in templates per second.
-    #[arg(long, value_name = "PER_SECOND")]
+    /// Rate limit in templates per second (greater than 0).
+    #[arg(long, value_name = "PER_SECOND", value_parser = rate)]
     pub rate: Option<f64>,
-    /// Rate limit in bytes per second.
-    #[arg(long, value_name = "BYTES_PER_SECOND")]
+    /// Rate limit in bytes per second (greater than 0).
+    #[arg(long, value_name = "BYTES_PER_SECOND", value_parser = rate)]
     pub byte_rate: Option<f64>,
-    /// Attempts per batch for temporary backend errors (including the first).
-    #[arg(long, default_value_t = 4)]
+    /// Attempts per batch for temporary backend errors, including the first (1 to 100).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = count_in::<u32>(MAX_ATTEMPTS_RANGE))]
     pub max_attempts: u32,
 }
 
@@ -93,8 +168,8 @@ pub struct SourceArgs {
 pub struct WarmArgs {
     #[command(flatten)]
     pub source: SourceArgs,
-    /// Keep warming every DURATION (e.g. 30s, 5m) until SIGINT/SIGTERM.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// Keep warming every DURATION (e.g. 30s, 5m; 1s to 30d) until SIGINT/SIGTERM.
+    #[arg(long, value_name = "DURATION", value_parser = duration_in(INTERVAL_RANGE.0, INTERVAL_RANGE.1))]
     pub interval: Option<Duration>,
     /// Templates matching this glob go first (repeatable, highest priority first).
     #[arg(long = "priority", value_name = "GLOB")]
@@ -117,13 +192,50 @@ pub struct CheckArgs {
     /// With --fix: say what would be done, change nothing.
     #[arg(long, requires = "fix")]
     pub dry_run: bool,
-    /// With --fix: refuse if more than N entries would be deleted.
-    #[arg(long, value_name = "N", requires = "fix")]
+    /// With --fix: refuse if more than N entries would be deleted (0 to 1000000000).
+    #[arg(long, value_name = "N", requires = "fix", value_parser = count_in::<usize>(MAX_DELETE_RANGE))]
     pub max_delete: Option<usize>,
-    /// With --fix: refuse if more than this fraction of entries would be deleted.
-    #[arg(long, value_name = "F", default_value_t = 0.25, requires = "fix")]
+    /// With --fix: refuse if more than this fraction of entries would be deleted (0 to 1).
+    #[arg(long, value_name = "F", default_value_t = 0.25, requires = "fix", value_parser = ratio)]
     pub max_delete_ratio: f64,
     /// With --fix: keep orphaned entries.
     #[arg(long, requires = "fix")]
     pub keep_orphans: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parsers_check_ranges() {
+        let interval = duration_in(INTERVAL_RANGE.0, INTERVAL_RANGE.1);
+        assert_eq!(interval("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(interval("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        for bad in ["0s", "999ms", "31d", "soon", "99999999999999999999999s"] {
+            let e = interval(bad).unwrap_err();
+            assert!(e.contains("from 1s to 30d"), "{bad}: {e}");
+        }
+        let n = count_in::<usize>(CONCURRENCY_RANGE);
+        assert_eq!(n("1"), Ok(1));
+        assert_eq!(n("1024"), Ok(1024));
+        for bad in ["0", "1025", "-1", "1.5", "", "18446744073709551616"] {
+            assert!(n(bad).unwrap_err().contains("from 1 to 1024"), "{bad}");
+        }
+        assert_eq!(count_in::<usize>(MAX_DELETE_RANGE)("0"), Ok(0));
+        for bad in ["0", "-1", "inf", "NaN", "1e999", "x"] {
+            assert!(rate(bad).is_err(), "{bad}");
+        }
+        assert_eq!(rate("0.5"), Ok(0.5));
+        for bad in ["-0.1", "1.01", "NaN", "inf"] {
+            assert!(ratio(bad).is_err(), "{bad}");
+        }
+        assert_eq!(ratio("1"), Ok(1.0));
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

@@ -51,6 +51,9 @@ pub fn warm(json: bool, r: &WarmReport, backend: &str) {
             escaped(&f.error)
         );
     }
+    if let Some(warning) = &r.eviction_warning {
+        println!("  evicted   {}", escaped(warning));
+    }
 }
 
 /// Prints a check report and, with `--fix`, the resolution.

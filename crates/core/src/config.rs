@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::engine::lease::LeaseConfig;
 use crate::engine::throttle::{RetryPolicy, Throttle};
 use crate::format::key::Namespace;
 use crate::source::scan::SourceConfig;
@@ -25,6 +26,8 @@ pub struct EngineConfig {
     pub verify_existing: bool,
     /// Receives progress of long phases (a progress bar, for example).
     pub progress: Option<ProgressHandle>,
+    /// The namespace write lease every writing run takes.
+    pub lease: LeaseConfig,
 }
 
 /// Receives progress of an engine run: phases with a known amount of work, and advances.
@@ -58,6 +61,7 @@ impl EngineConfig {
             priority: Vec::new(),
             verify_existing: true,
             progress: None,
+            lease: LeaseConfig::default(),
         }
     }
 }

@@ -27,6 +27,8 @@ pub enum ErrorKind {
     Refused,
     /// Authentication or authorisation was rejected by the backend.
     PermissionDenied,
+    /// Another writer holds the namespace (its write lease), or this writer lost it.
+    Conflict,
     /// Anything else the backend reported.
     Unexpected,
 }
@@ -45,6 +47,7 @@ impl ErrorKind {
             ErrorKind::Io => "i/o error",
             ErrorKind::Refused => "refused",
             ErrorKind::PermissionDenied => "permission denied",
+            ErrorKind::Conflict => "namespace busy",
             ErrorKind::Unexpected => "unexpected",
         }
     }

@@ -14,10 +14,11 @@ mod time;
 
 pub use async_trait::async_trait;
 pub use backend::url;
-pub use backend::{Cache, CacheBackend, Capabilities, Expiry, IndexLayout};
+pub use backend::{Cache, CacheBackend, Capabilities, Expiry, Fence, IndexLayout, ServerStats};
 pub use bytes::Bytes;
 pub use config::EngineConfig;
 pub use engine::check::Checker;
+pub use engine::lease::{Lease, LeaseConfig};
 pub use engine::report::{CheckMode, CheckReport, Failure, ResolveReport, WarmReport};
 pub use engine::resolve::ResolvePolicy;
 pub use engine::schedule::{

@@ -6,14 +6,19 @@ pub mod rendezvous;
 
 use std::time::Duration;
 
-use memcache::exp::{AsyncMetaClient, Delete, Error as McError, Get, Set};
+use memcache::exp::{AsyncMetaClient, Delete, Error as McError, Get, Meta, Set};
 use template_cache_core::{
-    Bytes, CacheBackend, Capabilities, Error, ErrorKind, Expiry, IndexLayout, Result, async_trait,
-    url::redact,
+    Bytes, CacheBackend, Capabilities, Error, ErrorKind, Expiry, IndexLayout, Result, ServerStats,
+    async_trait, url::redact,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 pub use config::MemcachedConfig;
+
+/// A lease expiry in whole seconds (at least 1; Memcached reads over 30 days as a date).
+fn lease_secs(ttl: Duration) -> u32 {
+    u32::try_from(ttl.as_secs().clamp(1, 30 * 24 * 3600)).unwrap_or(1)
+}
 
 /// Bytes kept free below the server's item size limit for the key and item header.
 const ITEM_OVERHEAD: usize = 512;
@@ -256,5 +261,163 @@ impl CacheBackend for MemcachedBackend {
             .iter()
             .map(|g| g.hit())
             .collect())
+    }
+    async fn put_if_absent(&self, key: &str, value: Bytes, ttl: Duration) -> Result<bool> {
+        let r = self
+            .client
+            .run(Set::new(key, &value).add().ttl_raw(lease_secs(ttl)))
+            .await
+            .map_err(|e| convert(e, &self.describe, "add"))?;
+        Ok(r.applied())
+    }
+
+    async fn swap_if_equal(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Option<Bytes>,
+        ttl: Duration,
+    ) -> Result<bool> {
+        // Read the value with its CAS version, compare, then write only that version.
+        let current = self
+            .client
+            .run(Get::new(key).meta(Meta::NONE.cas()))
+            .await
+            .map_err(|e| convert(e, &self.describe, "get with cas"))?;
+        let (Some(cas), true) = (
+            current.item.cas,
+            current.hit() && current.value.as_deref() == Some(expected),
+        ) else {
+            return Ok(false);
+        };
+        let applied = match new {
+            Some(v) => self
+                .client
+                .run(Set::new(key, &v).ttl_raw(lease_secs(ttl)).compare_cas(cas))
+                .await
+                .map_err(|e| convert(e, &self.describe, "set with cas"))?
+                .applied(),
+            None => self
+                .client
+                .run(Delete::new(key).compare_cas(cas))
+                .await
+                .map_err(|e| convert(e, &self.describe, "delete with cas"))?
+                .applied(),
+        };
+        Ok(applied)
+    }
+
+    async fn server_stats(&self) -> Result<Option<ServerStats>> {
+        let timeout = self.config.connect_timeout + self.config.io_timeout;
+        let mut sum = ServerStats {
+            used_bytes: Some(0),
+            max_bytes: Some(0),
+            ..ServerStats::default()
+        };
+        for server in &self.servers {
+            let s = server_stats_of(server, timeout).await.map_err(|e| {
+                e.context(format!(
+                    "{}: asking {server} for its statistics",
+                    self.describe
+                ))
+            })?;
+            sum.evictions = sum.evictions.saturating_add(s.evictions);
+            sum.used_bytes = sum
+                .used_bytes
+                .zip(s.used_bytes)
+                .map(|(a, b)| a.saturating_add(b));
+            sum.max_bytes = sum
+                .max_bytes
+                .zip(s.max_bytes)
+                .map(|(a, b)| a.saturating_add(b));
+        }
+        Ok(Some(sum))
+    }
+}
+
+/// `evictions`, `bytes` and `limit_maxbytes` from `stats` on one server.
+async fn server_stats_of(server: &str, timeout: Duration) -> Result<ServerStats> {
+    let ask = async {
+        let stream = tokio::net::TcpStream::connect(server).await?;
+        let (read, mut write) = stream.into_split();
+        write.write_all(b"stats\r\n").await?;
+        let mut lines = BufReader::new(read).lines();
+        let mut stats = Vec::new();
+        while let Some(line) = lines.next_line().await? {
+            if line == "END" || line.ends_with("ERROR") || line.contains("ERROR ") {
+                break;
+            }
+            stats.push(line);
+        }
+        Ok::<_, std::io::Error>(stats)
+    };
+    let lines = match tokio::time::timeout(timeout, ask).await {
+        Ok(Ok(lines)) => lines,
+        Ok(Err(e)) => {
+            return Err(Error::new(ErrorKind::Unavailable, format!("{e}")).temporary());
+        }
+        Err(_) => {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!("no answer within {timeout:?}"),
+            )
+            .temporary());
+        }
+    };
+    parse_stats(&lines)
+}
+
+/// Reads the figures we need from `STAT name value` lines.
+fn parse_stats(lines: &[String]) -> Result<ServerStats> {
+    let number = |name: &str| {
+        lines
+            .iter()
+            .find_map(|l| {
+                l.strip_prefix("STAT ")?
+                    .strip_prefix(name)?
+                    .strip_prefix(' ')
+            })
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Unexpected,
+                    format!("no numeric {name} in `stats`"),
+                )
+            })
+    };
+    Ok(ServerStats {
+        evictions: number("evictions")?,
+        used_bytes: Some(number("bytes")?),
+        max_bytes: Some(number("limit_maxbytes")?),
+        policy: None,
+    })
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use super::*;
+
+    #[test]
+    fn stats_are_read_by_exact_name() {
+        let lines: Vec<String> = [
+            "STAT bytes_read 999",
+            "STAT bytes 1234",
+            "STAT limit_maxbytes 2097152",
+            "STAT evictions 7",
+        ]
+        .map(String::from)
+        .to_vec();
+        let s = parse_stats(&lines).unwrap_or_default();
+        assert_eq!(
+            s,
+            ServerStats {
+                evictions: 7,
+                used_bytes: Some(1234),
+                max_bytes: Some(2 << 20),
+                policy: None,
+            }
+        );
+        let err = parse_stats(&lines[..3]).unwrap_err();
+        assert!(err.to_string().contains("evictions"), "{err}");
     }
 }

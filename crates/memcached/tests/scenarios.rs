@@ -71,6 +71,68 @@ async fn evicted_entries_are_reported_missing_and_restored_by_a_warm() {
 }
 
 #[tokio::test]
+async fn a_warm_that_makes_the_servers_evict_reports_it_and_fails() {
+    // 2 MiB of memory on each of two servers, about 6 MB of templates.
+    let a = MemcachedServer::start_with(&["-m", "2"]);
+    let b = MemcachedServer::start_with(&["-m", "2"]);
+    let backend: Arc<dyn CacheBackend> = Arc::new(
+        MemcachedBackend::connect(&format!("memcache://{},{}", a.addr(), b.addr()))
+            .await
+            .unwrap(),
+    );
+    let stats = backend.server_stats().await.unwrap().unwrap();
+    assert_eq!(stats.max_bytes, Some(2 * (2 << 20)), "summed: {stats:?}");
+    assert_eq!(stats.evictions, 0);
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..3000 {
+        std::fs::write(
+            dir.path().join(format!("t{i:04}.html")),
+            format!("<p>{i}</p>").repeat(200),
+        )
+        .unwrap();
+    }
+    let r = Warmer::new(Arc::clone(&backend), config(dir.path(), "undersized"))
+        .unwrap()
+        .run_once()
+        .await
+        .unwrap();
+    assert!(
+        r.evicted > 0,
+        "the servers evicted, the report must say so: {r:?}"
+    );
+    assert!(!r.is_success(), "{r:?}");
+    let message = r.eviction_warning.clone().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "the cache evicted {} entries during this warm",
+            r.evicted
+        )),
+        "{message}"
+    );
+    assert!(message.contains(" 4.0 MiB available"), "{message}");
+    assert!(r.evicted <= backend.server_stats().await.unwrap().unwrap().evictions);
+}
+
+#[tokio::test]
+async fn a_warm_into_roomy_servers_reports_no_evictions() {
+    let server = MemcachedServer::start();
+    let backend: Arc<dyn CacheBackend> = Arc::new(
+        MemcachedBackend::connect(&format!("memcache://{}", server.addr()))
+            .await
+            .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    template_cache_testkit::sample_tree(dir.path(), 200);
+    let r = Warmer::new(backend, config(dir.path(), "roomy"))
+        .unwrap()
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!((r.written, r.evicted), (200, 0), "{r:?}");
+    assert!(r.eviction_warning.is_none() && r.is_success(), "{r:?}");
+}
+
+#[tokio::test]
 async fn a_template_over_the_item_limit_fails_alone_naming_the_limit() {
     let server = MemcachedServer::start_with(&["-m", "64", "-I", "1m"]);
     let backend = MemcachedBackend::connect(&format!("memcache://{}", server.addr()))
@@ -127,6 +189,7 @@ async fn an_index_of_100k_templates_fits_the_item_limit() {
             upserts: upserts.clone(),
             removals: vec![],
         },
+        None,
     )
     .await
     .unwrap();

@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+use std::time::Duration;
+
 use template_cache_core::{
     Bytes, CacheBackend, Capabilities, Expiry, IndexLayout, Result, async_trait,
 };
@@ -13,6 +15,8 @@ pub const DEFAULT_CAPACITY_BYTES: u64 = 1 << 30;
 pub struct MokaBackend {
     cache: moka::future::Cache<String, Bytes>,
     capacity: u64,
+    /// Makes compare-and-swap atomic against other compare-and-swaps.
+    swap: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl MokaBackend {
@@ -31,6 +35,7 @@ impl MokaBackend {
         MokaBackend {
             cache,
             capacity: bytes,
+            swap: Default::default(),
         }
     }
 }
@@ -83,6 +88,34 @@ impl CacheBackend for MokaBackend {
             self.cache.invalidate(key).await;
         }
         Ok(())
+    }
+
+    /// Lives as long as the process: the lease record's own expiry frees the namespace.
+    async fn put_if_absent(&self, key: &str, value: Bytes, _ttl: Duration) -> Result<bool> {
+        let _guard = self.swap.lock().await;
+        if self.cache.contains_key(key) {
+            return Ok(false);
+        }
+        self.cache.insert(key.to_owned(), value).await;
+        Ok(true)
+    }
+
+    async fn swap_if_equal(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Option<Bytes>,
+        _ttl: Duration,
+    ) -> Result<bool> {
+        let _guard = self.swap.lock().await;
+        if self.cache.get(key).await.as_deref() != Some(expected) {
+            return Ok(false);
+        }
+        match new {
+            Some(v) => self.cache.insert(key.to_owned(), v).await,
+            None => self.cache.invalidate(key).await,
+        }
+        Ok(true)
     }
 
     async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use template_cache_core::url::{UrlQuery, invalid, redact};
+use template_cache_core::url::{UrlQuery, check_count, check_duration, invalid, redact};
 use template_cache_core::{Error, ErrorKind, Result};
 
 /// Settings of a [`crate::RedisBackend`]. URL query parameters of the same names override them
@@ -45,10 +45,51 @@ impl Default for RedisConfig {
     }
 }
 
+/// The shortest and longest `connect_timeout` and `response_timeout`.
+pub const TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(1), Duration::from_secs(3600));
+/// The shortest and longest `ttl`.
+pub const TTL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(365 * 86_400));
+/// The fewest and most `reconnect_attempts`.
+pub const RECONNECT_ATTEMPTS_RANGE: (usize, usize) = (1, 100);
+/// The fewest and most `batch_keys`.
+pub const BATCH_KEYS_RANGE: (usize, usize) = (1, 100_000);
+/// The fewest and most `batch_bytes` (a Redis bulk string holds at most 512 MiB).
+pub const BATCH_BYTES_RANGE: (usize, usize) = (1, 512 * 1024 * 1024);
+
+impl RedisConfig {
+    /// Checks every setting against its range (the constants of this module); the error names
+    /// the setting. [`crate::RedisBackend::connect_with`] calls it, so no setting can make
+    /// connecting hang for years or overflow.
+    pub fn validate(&self) -> Result<()> {
+        let ((t0, t1), (l0, l1)) = (TIMEOUT_RANGE, TTL_RANGE);
+        check_duration("Redis connect_timeout", self.connect_timeout, t0, t1)?;
+        check_duration("Redis response_timeout", self.response_timeout, t0, t1)?;
+        if let Some(ttl) = self.ttl {
+            check_duration("Redis ttl", ttl, l0, l1)?;
+        }
+        let counts = [
+            (
+                "Redis reconnect_attempts",
+                self.reconnect_attempts,
+                RECONNECT_ATTEMPTS_RANGE,
+            ),
+            ("Redis batch_keys", self.batch_max_keys, BATCH_KEYS_RANGE),
+            ("Redis batch_bytes", self.batch_max_bytes, BATCH_BYTES_RANGE),
+        ];
+        for (name, value, (min, max)) in counts {
+            check_count(name, value, min, max)?;
+        }
+        Ok(())
+    }
+}
+
 /// Where to connect.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) enum Target {
-    /// One server: the URL for the `redis` crate, without our parameters.
+    /// One server: the URL for the `redis` crate (credentials percent-encoded), without our
+    /// parameters.
     Single(String),
     /// A cluster: seed nodes as `redis://host:port` plus credentials.
     Cluster {
@@ -58,43 +99,68 @@ pub(crate) enum Target {
     },
 }
 
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Single(u) => f.debug_tuple("Single").field(&redact(u)).finish(),
+            Target::Cluster {
+                nodes, username, ..
+            } => f
+                .debug_struct("Cluster")
+                .field("nodes", nodes)
+                .field("username", username)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
 /// Parses `redis://`, `rediss://` and `redis+cluster://` URLs, applying our query parameters to
-/// `config`.
+/// `config`, and checks the resulting settings.
+///
+/// The credentials are read by the one URL reading every backend and redaction share
+/// ([`BackendUrl`](template_cache_core::url::BackendUrl)): everything up to the last `@` is userinfo, so a password may contain `/`,
+/// `?`, `#`, `@` or `:` unencoded; it is percent-decoded, then percent-encoded again for the
+/// `redis` crate (which decodes it).
 pub(crate) fn parse(url: &str, mut config: RedisConfig) -> Result<(Target, RedisConfig)> {
-    let (base, mut q) = UrlQuery::parse("Redis", url);
-    if let Some(d) = q.duration("ttl")? {
-        config.ttl = Some(d);
-    }
-    if let Some(d) = q.duration("connect_timeout")? {
-        config.connect_timeout = d;
-    }
-    if let Some(d) = q.duration("response_timeout")? {
-        config.response_timeout = d;
-    }
-    if let Some(n) = q.count("reconnect_attempts")? {
-        config.reconnect_attempts = n;
-    }
-    if let Some(n) = q.count("batch_keys")? {
-        config.batch_max_keys = n;
-    }
-    if let Some(n) = q.count("batch_bytes")? {
-        config.batch_max_bytes = n;
-    }
-    if let Some(p) = q.path("tls_ca") {
-        config.tls_ca = Some(p);
-    }
-    match (q.path("tls_cert"), q.path("tls_key")) {
-        (Some(c), Some(k)) => config.tls_client = Some((c, k)),
-        (None, None) => {}
-        _ => return Err(q.invalid("tls_cert and tls_key go together")),
-    }
-    let Some((scheme, rest)) = base.split_once("://") else {
+    let (parts, mut q) = UrlQuery::parse("Redis", url);
+    let Some(scheme) = parts.scheme() else {
         return Err(invalid(
             "Redis",
             url,
             "expected redis://, rediss:// or redis+cluster://",
         ));
     };
+    let ((t0, t1), (l0, l1)) = (TIMEOUT_RANGE, TTL_RANGE);
+    if let Some(d) = q.duration_in("ttl", l0, l1)? {
+        config.ttl = Some(d);
+    }
+    if let Some(d) = q.duration_in("connect_timeout", t0, t1)? {
+        config.connect_timeout = d;
+    }
+    if let Some(d) = q.duration_in("response_timeout", t0, t1)? {
+        config.response_timeout = d;
+    }
+    let (r0, r1) = RECONNECT_ATTEMPTS_RANGE;
+    if let Some(n) = q.count_in("reconnect_attempts", r0, r1)? {
+        config.reconnect_attempts = n;
+    }
+    let (k0, k1) = BATCH_KEYS_RANGE;
+    if let Some(n) = q.count_in("batch_keys", k0, k1)? {
+        config.batch_max_keys = n;
+    }
+    let (b0, b1) = BATCH_BYTES_RANGE;
+    if let Some(n) = q.count_in("batch_bytes", b0, b1)? {
+        config.batch_max_bytes = n;
+    }
+    if let Some(p) = q.path("tls_ca")? {
+        config.tls_ca = Some(p);
+    }
+    match (q.path("tls_cert")?, q.path("tls_key")?) {
+        (Some(c), Some(k)) => config.tls_client = Some((c, k)),
+        (None, None) => {}
+        _ => return Err(q.invalid("tls_cert and tls_key go together")),
+    }
+    config.validate()?;
     if scheme != "rediss" && (config.tls_ca.is_some() || config.tls_client.is_some()) {
         return Err(invalid(
             "Redis",
@@ -102,6 +168,7 @@ pub(crate) fn parse(url: &str, mut config: RedisConfig) -> Result<(Target, Redis
             "tls_ca, tls_cert and tls_key need rediss://",
         ));
     }
+    let (username, password) = parts.credentials("Redis")?;
     match scheme {
         "redis" | "rediss" => {
             if scheme == "rediss" && !cfg!(feature = "tls") {
@@ -113,39 +180,25 @@ pub(crate) fn parse(url: &str, mut config: RedisConfig) -> Result<(Target, Redis
                     ),
                 ));
             }
-            if rest.is_empty() {
+            if parts.location().is_empty() || parts.location().starts_with('/') {
                 return Err(invalid("Redis", url, "no host"));
             }
             // Parameters we do not read are the `redis` crate's own (`protocol=resp3`, ...).
-            let mut single = base.to_owned();
-            let passthrough = q.rest();
-            if !passthrough.is_empty() {
-                single.push('?');
-                single.push_str(&passthrough);
-            }
+            let single = parts.rebuild(username.as_deref(), password.as_deref(), &q.rest());
             Ok((Target::Single(single), config))
         }
         "redis+cluster" => {
             q.finish()?;
-            let (userinfo, hosts) = match rest.rsplit_once('@') {
-                Some((u, h)) => (Some(u), h),
-                None => (None, rest),
-            };
-            let (username, password) = match userinfo.map(|u| u.split_once(':').unwrap_or((u, "")))
-            {
-                Some((u, p)) => (
-                    (!u.is_empty()).then(|| u.to_owned()),
-                    (!p.is_empty()).then(|| p.to_owned()),
-                ),
-                None => (None, None),
-            };
-            let hosts = hosts.trim_end_matches('/');
+            if parts.fragment().is_some() {
+                return Err(invalid("Redis", url, "redis+cluster:// takes no #fragment"));
+            }
+            let hosts = parts.location().trim_end_matches('/');
             let mut nodes = Vec::new();
             for h in hosts.split(',') {
                 let (host, port) = h
                     .rsplit_once(':')
                     .ok_or_else(|| invalid("Redis", url, format!("node {h:?} is not host:port")))?;
-                if host.is_empty() || port.parse::<u16>().is_err() {
+                if host.is_empty() || host.contains('/') || port.parse::<u16>().is_err() {
                     return Err(invalid(
                         "Redis",
                         url,
@@ -184,17 +237,50 @@ mod tests {
         );
         assert_eq!(c.ttl, Some(Duration::from_secs(3600)));
         assert_eq!(c.batch_max_keys, 10);
+        let (t, _) = parse("rediss://h:1#insecure", RedisConfig::default()).unwrap();
+        assert_eq!(t, Target::Single("rediss://h:1#insecure".into()));
+    }
+
+    #[test]
+    fn passwords_may_contain_anything() {
+        for (pw, encoded) in [
+            ("p/ss", "p%2Fss"),
+            ("p?ss", "p%3Fss"),
+            ("p#ss", "p%23ss"),
+            ("p@ss", "p%40ss"),
+            ("p:ss", "p%3Ass"),
+            ("p%2Fss", "p%2Fss"),
+            ("pä", "p%C3%A4"),
+        ] {
+            let (t, c) = parse(
+                &format!("redis://us:{pw}@h:1/0?ttl=1h"),
+                RedisConfig::default(),
+            )
+            .unwrap();
+            assert_eq!(t, Target::Single(format!("redis://us:{encoded}@h:1/0")));
+            assert_eq!(c.ttl, Some(Duration::from_secs(3600)));
+            let (t, _) = parse(
+                &format!("redis+cluster://:{pw}@h:1,h:2"),
+                RedisConfig::default(),
+            )
+            .unwrap();
+            let Target::Cluster { password, .. } = t else {
+                panic!("not a cluster")
+            };
+            let decoded = String::from_utf8(template_cache_core::url::percent_decode(pw)).unwrap();
+            assert_eq!(password.as_deref(), Some(decoded.as_str()));
+        }
     }
 
     #[test]
     fn tls_parameters() {
         let (t, c) = parse(
-            "rediss://h:1?tls_ca=/ca.pem&tls_cert=/c.pem&tls_key=/k.pem",
+            "rediss://h:1?tls_ca=/ca%40x.pem&tls_cert=/c.pem&tls_key=/k.pem",
             RedisConfig::default(),
         )
         .unwrap();
         assert_eq!(t, Target::Single("rediss://h:1".into()));
-        assert_eq!(c.tls_ca.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        assert_eq!(c.tls_ca.as_deref(), Some(std::path::Path::new("/ca@x.pem")));
         assert!(c.tls_client.is_some());
         assert!(parse("rediss://h:1?tls_cert=/c.pem", RedisConfig::default()).is_err());
         assert!(parse("redis://h:1?tls_ca=/ca.pem", RedisConfig::default()).is_err());
@@ -218,6 +304,8 @@ mod tests {
                 password: Some("pw".into()),
             }
         );
+        let debug = format!("{t:?}");
+        assert!(debug.contains("admin") && !debug.contains("pw"), "{debug}");
     }
 
     #[test]
@@ -228,10 +316,55 @@ mod tests {
             ("redis+cluster://h:1?x=1", "unknown parameter"),
             ("http://u:secret@h", "unknown scheme"),
             ("redis://h?batch_keys=0", "batch_keys"),
+            ("redis://u:se/cr@et@", "no host"),
+            ("redis//u:se/cr@et@h", "expected redis://"),
         ] {
             let e = parse(url, RedisConfig::default()).unwrap_err().to_string();
             assert!(e.contains(want), "{url}: {e}");
-            assert!(!e.contains("secret"), "{url}: {e}");
+            assert!(!e.contains("secret") && !e.contains("cr@et"), "{url}: {e}");
         }
+    }
+
+    #[test]
+    fn every_setting_is_range_checked() {
+        for (param, want) in [
+            (
+                "connect_timeout=100000000000s",
+                "connect_timeout=\"100000000000s\" must be a duration from 1ms to 1h",
+            ),
+            ("connect_timeout=0s", "from 1ms to 1h"),
+            ("response_timeout=2h", "response_timeout"),
+            (
+                "ttl=500ms",
+                "ttl=\"500ms\" must be a duration from 1s to 365d",
+            ),
+            ("ttl=366d", "from 1s to 365d"),
+            (
+                "reconnect_attempts=18446744073709551615",
+                "reconnect_attempts=\"18446744073709551615\" must be a whole number from 1 to 100",
+            ),
+            ("batch_keys=100001", "batch_keys"),
+            ("batch_bytes=1g", "batch_bytes"),
+            ("batch_bytes=536870913", "from 1 to 536870912"),
+        ] {
+            let e = parse(&format!("redis://h:1?{param}"), RedisConfig::default()).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ConfigInvalid);
+            assert!(e.to_string().contains(want), "{param}: {e}");
+        }
+        let huge = RedisConfig {
+            connect_timeout: Duration::MAX,
+            ..RedisConfig::default()
+        };
+        let e = parse("redis://h:1", huge).unwrap_err().to_string();
+        assert!(
+            e.contains("Redis connect_timeout") && e.contains("1ms to 1h"),
+            "{e}"
+        );
+        let zero = RedisConfig {
+            batch_max_keys: 0,
+            ..RedisConfig::default()
+        };
+        assert!(parse("redis://h:1", zero).is_err());
+        assert!(RedisConfig::default().validate().is_ok());
     }
 }

@@ -3,14 +3,16 @@
 
 mod config;
 
+use std::time::Duration;
+
 use futures_util::future::try_join_all;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisError, Value};
 use template_cache_core::{
-    Bytes, CacheBackend, Capabilities, Error, ErrorKind, Expiry, IndexLayout, Result, async_trait,
-    url::redact,
+    Bytes, CacheBackend, Capabilities, Error, ErrorKind, Expiry, Fence, IndexLayout, Result,
+    ServerStats, async_trait, url::redact,
 };
 
 pub use config::RedisConfig;
@@ -55,7 +57,9 @@ impl RedisBackend {
     pub async fn connect_with(url: &str, config: RedisConfig) -> Result<Self> {
         let (target, config) = config::parse(url, config)?;
         let describe = redact(url);
-        let fail = |e: RedisError| convert(e, &describe, "connecting");
+        // The `redis` crate may echo credentials in its messages: scrub them all.
+        let secrets = template_cache_core::url::Secrets::of(url);
+        let fail = |e: RedisError| secrets.scrub_error(convert(e, &describe, "connecting"));
         let connect = async {
             Ok::<_, Error>(match target {
                 Target::Single(u) => {
@@ -64,7 +68,7 @@ impl RedisBackend {
                             ErrorKind::ConfigInvalid,
                             format!(
                                 "invalid Redis URL {describe:?}: {}",
-                                scrub(&e.to_string(), &u)
+                                secrets.scrub(&scrub(&e.to_string(), &u))
                             ),
                         )
                     })?;
@@ -97,7 +101,10 @@ impl RedisBackend {
                     let client = b.build().map_err(|e| {
                         Error::new(
                             ErrorKind::ConfigInvalid,
-                            format!("invalid Redis Cluster URL {describe:?}: {e}"),
+                            format!(
+                                "invalid Redis Cluster URL {describe:?}: {}",
+                                secrets.scrub(&e.to_string())
+                            ),
                         )
                     })?;
                     Conn::Cluster(client.get_async_connection().await.map_err(fail)?)
@@ -105,8 +112,14 @@ impl RedisBackend {
             })
         };
         // The client's own timeouts apply per attempt; bound the whole connection phase too.
-        let budget = (config.connect_timeout + config.response_timeout)
-            * (config.reconnect_attempts as u32 + 2);
+        let budget = config
+            .connect_timeout
+            .saturating_add(config.response_timeout)
+            .saturating_mul(
+                u32::try_from(config.reconnect_attempts)
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(2),
+            );
         let conn = tokio::time::timeout(budget, connect).await.map_err(|_| {
             Error::new(
                 ErrorKind::Unavailable,
@@ -119,7 +132,11 @@ impl RedisBackend {
             describe,
         };
         // Fail fast on a wrong password or an unreachable server.
-        backend.query::<String>(&redis::cmd("PING"), "PING").await?;
+        backend
+            .query::<String>(&redis::cmd("PING"), "PING")
+            .await
+            .map_err(|e| secrets.scrub_error(e))?;
+        backend.warn_if_evicting().await;
         Ok(backend)
     }
 
@@ -267,6 +284,14 @@ fn convert(e: RedisError, describe: &str, what: &str) -> Error {
     let text = e.to_string();
     let (ours, temporary) = if text.contains("certificate") {
         // A TLS verification failure will not pass by retrying.
+        (ErrorKind::PermissionDenied, false)
+    } else if kind == K::AuthenticationFailed
+        || matches!(code, "NOAUTH" | "WRONGPASS")
+        || ["AuthenticationFailed", "WRONGPASS", "NOAUTH"]
+            .iter()
+            .any(|w| text.contains(w))
+    {
+        // A cluster wraps a wrong password of its nodes in an I/O error: still not temporary.
         (ErrorKind::PermissionDenied, false)
     } else if e.is_io_error()
         || e.is_timeout()
@@ -486,11 +511,317 @@ impl CacheBackend for RedisBackend {
             }
         }
     }
+
+    async fn hash_update_fenced(
+        &self,
+        key: &str,
+        set: &[(String, Bytes)],
+        remove: &[String],
+        fence: &Fence,
+    ) -> Result<()> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(FENCED_HASH_UPDATE)
+            .arg(2)
+            .arg(key)
+            .arg(&fence.key)
+            .arg(fence.token.as_ref())
+            .arg(set.len());
+        for (field, value) in set {
+            cmd.arg(field).arg(value.as_ref());
+        }
+        cmd.arg(remove);
+        self.query::<i64>(&cmd, "fenced HSET/HDEL")
+            .await
+            .map(drop)
+            .map_err(fence_error)
+    }
+
+    async fn put_if_absent(&self, key: &str, value: Bytes, ttl: Duration) -> Result<bool> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key)
+            .arg(value.as_ref())
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl));
+        let r: Option<String> = self.query(&cmd, "SET NX").await?;
+        Ok(r.is_some())
+    }
+
+    async fn swap_if_equal(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Option<Bytes>,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(SWAP_IF_EQUAL).arg(1).arg(key).arg(expected);
+        match &new {
+            Some(v) => cmd.arg("set").arg(v.as_ref()).arg(millis(ttl)),
+            None => cmd.arg("del"),
+        };
+        let done: i64 = self.query(&cmd, "compare-and-swap").await?;
+        Ok(done == 1)
+    }
+
+    async fn server_stats(&self) -> Result<Option<ServerStats>> {
+        Ok(Some(sum_stats(self.stats_per_server().await?)))
+    }
+}
+
+impl RedisBackend {
+    /// `INFO memory` and `INFO stats` of the server, or of every primary of the cluster.
+    async fn stats_per_server(&self) -> Result<Vec<ServerStats>> {
+        match &self.conn {
+            Conn::Single(_) => Ok(vec![self.stats_of(None).await?]),
+            Conn::Cluster(_) => {
+                let primaries = self.primaries().await?;
+                try_join_all(
+                    primaries
+                        .iter()
+                        .map(|(host, port)| self.stats_of(Some((host, *port)))),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn stats_of(&self, target: Option<(&str, u16)>) -> Result<ServerStats> {
+        let (memory, stats) =
+            futures_util::future::try_join(self.info("memory", target), self.info("stats", target))
+                .await?;
+        let field = |text: &str, name: &str| -> Result<String> {
+            info_field(text, name).map(str::to_owned).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Unexpected,
+                    format!("{}: INFO has no {name}", self.describe),
+                )
+            })
+        };
+        let number = |text: &str, name: &str| -> Result<u64> {
+            field(text, name)?.parse().map_err(|_| {
+                Error::new(
+                    ErrorKind::Unexpected,
+                    format!("{}: INFO {name} is not a number", self.describe),
+                )
+            })
+        };
+        let max = number(&memory, "maxmemory")?;
+        Ok(ServerStats {
+            evictions: number(&stats, "evicted_keys")?,
+            used_bytes: Some(number(&memory, "used_memory")?),
+            // 0 is no limit.
+            max_bytes: (max > 0).then_some(max),
+            policy: Some(field(&memory, "maxmemory_policy")?),
+        })
+    }
+
+    /// `INFO <section>` of the server, or of the cluster node at `target`.
+    async fn info(&self, section: &str, target: Option<(&str, u16)>) -> Result<String> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg(section);
+        match (target, &self.conn) {
+            (Some((host, port)), Conn::Cluster(c)) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.to_owned(),
+                    port,
+                });
+                let v: Value = c
+                    .clone()
+                    .route_command(cmd, routing)
+                    .await
+                    .map_err(|e| convert(e, &self.describe, "INFO"))?;
+                redis::from_redis_value(v).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Unexpected,
+                        format!("{}: INFO reply: {e}", self.describe),
+                    )
+                })
+            }
+            _ => self.query(&cmd, "INFO").await,
+        }
+    }
+
+    /// Warns when the server may evict the index and entries whenever memory runs out.
+    async fn warn_if_evicting(&self) {
+        match self.stats_per_server().await {
+            Ok(all) => {
+                if let Some(warning) = all.iter().find_map(eviction_risk) {
+                    tracing::warn!(backend = %self.describe, "{warning}");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(backend = %self.describe, error = %e, "cannot read the eviction policy")
+            }
+        }
+    }
+}
+
+/// The value of `name` in an `INFO` reply (`name:value` lines).
+fn info_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':').map(str::trim))
+}
+
+/// The statistics of a cluster's primaries as one: counts and sizes summed (a size unknown or
+/// unlimited on one primary is so for the whole), policies listed when they differ.
+fn sum_stats(all: Vec<ServerStats>) -> ServerStats {
+    let mut sum = ServerStats {
+        used_bytes: Some(0),
+        max_bytes: Some(0),
+        ..ServerStats::default()
+    };
+    let mut policies: Vec<String> = Vec::new();
+    for s in all {
+        sum.evictions = sum.evictions.saturating_add(s.evictions);
+        sum.used_bytes = sum
+            .used_bytes
+            .zip(s.used_bytes)
+            .map(|(a, b)| a.saturating_add(b));
+        sum.max_bytes = sum
+            .max_bytes
+            .zip(s.max_bytes)
+            .map(|(a, b)| a.saturating_add(b));
+        if let Some(p) = s.policy
+            && !policies.contains(&p)
+        {
+            policies.push(p);
+        }
+    }
+    sum.policy = (!policies.is_empty()).then(|| policies.join("/"));
+    sum
+}
+
+/// Why a server's memory settings put the index and the entries at risk, if they do.
+fn eviction_risk(s: &ServerStats) -> Option<String> {
+    let (Some(max), Some(policy)) = (s.max_bytes, s.policy.as_deref()) else {
+        return None;
+    };
+    policy.starts_with("allkeys-").then(|| {
+        format!(
+            "maxmemory is {:.1} MiB with maxmemory-policy {policy}: when memory runs out, Redis \
+             evicts any key, the namespace index and templates included, and warms and checks \
+             then find them missing. Safe policies: noeviction (writes fail loudly instead), or \
+             a volatile-* policy with no `ttl` on entries (only keys with an expiry are evicted, \
+             never the index or an entry without a TTL)",
+            max as f64 / (1024.0 * 1024.0)
+        )
+    })
+}
+
+/// `KEYS[1]` = key; `ARGV` = expected value, `set` new value ttl-ms | `del`.
+const SWAP_IF_EQUAL: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == 'set' then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+else
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"#;
+
+/// `KEYS` = index hash, lease key; `ARGV` = fence token, number of fields to set, the field
+/// and value pairs, then the fields to remove. Applied only while the lease record starts
+/// with the token.
+const FENCED_HASH_UPDATE: &str = r#"
+local lease = redis.call('GET', KEYS[2])
+if not lease or string.sub(lease, 1, #ARGV[1]) ~= ARGV[1] then
+  return redis.error_reply('TCACHE_FENCE the write lease is no longer held')
+end
+local n = tonumber(ARGV[2])
+local i = 3
+while i < 3 + 2 * n do
+  local last = math.min(i + 999, 2 + 2 * n)
+  redis.call('HSET', KEYS[1], unpack(ARGV, i, last))
+  i = last + 1
+end
+while i <= #ARGV do
+  local last = math.min(i + 999, #ARGV)
+  redis.call('HDEL', KEYS[1], unpack(ARGV, i, last))
+  i = last + 1
+end
+return 1
+"#;
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// A fence refusal from the script is a conflict, not a backend failure.
+fn fence_error(e: Error) -> Error {
+    if e.message().contains("TCACHE_FENCE") {
+        Error::new(
+            ErrorKind::Conflict,
+            "the write lease is no longer held; index left unchanged",
+        )
+    } else {
+        e
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn info_fields_are_read_by_exact_name() {
+        let info = "# Memory\r\nused_memory:1024\r\nused_memory_human:1.00K\r\nmaxmemory:0\r\n\
+                    maxmemory_policy:allkeys-lru\r\n";
+        assert_eq!(info_field(info, "used_memory"), Some("1024"));
+        assert_eq!(info_field(info, "maxmemory"), Some("0"));
+        assert_eq!(info_field(info, "maxmemory_policy"), Some("allkeys-lru"));
+        assert_eq!(info_field(info, "evicted_keys"), None);
+    }
+
+    #[test]
+    fn cluster_stats_are_summed_and_an_unlimited_primary_makes_the_whole_unlimited() {
+        let s = |evictions, max: Option<u64>, policy: &str| ServerStats {
+            evictions,
+            used_bytes: Some(10),
+            max_bytes: max,
+            policy: Some(policy.into()),
+        };
+        let sum = sum_stats(vec![
+            s(1, Some(100), "allkeys-lru"),
+            s(2, Some(50), "allkeys-lru"),
+        ]);
+        assert_eq!(
+            sum,
+            ServerStats {
+                evictions: 3,
+                used_bytes: Some(20),
+                max_bytes: Some(150),
+                policy: Some("allkeys-lru".into()),
+            }
+        );
+        let sum = sum_stats(vec![
+            s(1, Some(100), "allkeys-lru"),
+            s(0, None, "noeviction"),
+        ]);
+        assert_eq!(sum.max_bytes, None);
+        assert_eq!(sum.policy.as_deref(), Some("allkeys-lru/noeviction"));
+    }
+
+    #[test]
+    fn only_a_limit_with_an_allkeys_policy_is_a_risk() {
+        let s = |max: Option<u64>, policy: &str| ServerStats {
+            max_bytes: max,
+            policy: Some(policy.into()),
+            ..ServerStats::default()
+        };
+        let risk = eviction_risk(&s(Some(60 << 20), "allkeys-lru")).unwrap_or_default();
+        assert!(
+            risk.contains("60.0 MiB") && risk.contains("allkeys-lru"),
+            "{risk}"
+        );
+        assert!(
+            risk.contains("noeviction") && risk.contains("volatile-"),
+            "{risk}"
+        );
+        assert_eq!(eviction_risk(&s(None, "allkeys-lru")), None);
+        assert_eq!(eviction_risk(&s(Some(60 << 20), "noeviction")), None);
+        assert_eq!(eviction_risk(&s(Some(60 << 20), "volatile-lru")), None);
+    }
 
     #[test]
     fn globs_are_escaped() {

@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use template_cache_core::{
     Bytes, CacheBackend, Capabilities, Error, ErrorKind, Expiry, IndexLayout, Result, async_trait,
@@ -137,6 +138,31 @@ impl CacheBackend for SledBackend {
                 .keys()
                 .map(|k| k.map(|k| String::from_utf8_lossy(&k).into_owned()))
                 .collect()
+        })
+        .await
+    }
+
+    /// sled keeps no expiry: the lease record's own expiry time frees an abandoned namespace.
+    async fn put_if_absent(&self, key: &str, value: Bytes, _ttl: Duration) -> Result<bool> {
+        let key = key.to_owned();
+        self.blocking(move |db| {
+            db.compare_and_swap(key, None::<&[u8]>, Some(value.as_ref()))
+                .map(|r| r.is_ok())
+        })
+        .await
+    }
+
+    async fn swap_if_equal(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Option<Bytes>,
+        _ttl: Duration,
+    ) -> Result<bool> {
+        let (key, expected) = (key.to_owned(), expected.to_vec());
+        self.blocking(move |db| {
+            db.compare_and_swap(key, Some(expected), new.as_deref())
+                .map(|r| r.is_ok())
         })
         .await
     }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::url::{invalid, redact};
+use crate::url::{BackendUrl, invalid, redact};
 use crate::{CacheBackend, Error, ErrorKind, Result};
 
 /// Opens the backend named by `url`, dispatching on its scheme:
@@ -17,7 +17,9 @@ use crate::{CacheBackend, Error, ErrorKind, Result};
 /// A scheme whose backend this build does not enable is an [`ErrorKind::Unsupported`] error
 /// naming the missing feature; a malformed URL or an unknown scheme is an
 /// [`ErrorKind::ConfigInvalid`] error listing the known schemes. Errors never contain the
-/// URL's password.
+/// URL's password, whatever it contains: every backend reads the URL with
+/// [`BackendUrl`](crate::url::BackendUrl), which takes everything up to the last `@` for
+/// credentials, and redaction hides exactly those.
 ///
 /// ```no_run
 /// use template_cache::{Cache, EngineConfig, Namespace, SourceConfig, Warmer};
@@ -31,7 +33,8 @@ use crate::{CacheBackend, Error, ErrorKind, Result};
 /// # Ok(()) }
 /// ```
 pub async fn open(url: &str) -> Result<Arc<dyn CacheBackend>> {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let parts = BackendUrl::parse(url);
+    let (Some(scheme), Some((_, rest))) = (parts.scheme(), url.split_once("://")) else {
         return Err(invalid(
             "backend",
             url,
@@ -39,6 +42,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn CacheBackend>> {
         ));
     };
     match scheme {
+        // A sled path is taken as written: an `@` in it is no credential.
         "sled" => open_sled(url, rest),
         "moka" => open_moka(url, rest),
         "redis" | "rediss" | "redis+cluster" => open_redis(url).await,
@@ -132,6 +136,23 @@ async fn open_memcached(url: &str) -> Result<Arc<dyn CacheBackend>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn hostile_passwords_never_show() {
+        for pw in ["p/ss", "p?ss", "p#ss", "p@ss", "p:ss", "%41%41", "pässwörd"] {
+            for url in [
+                format!("nonsense:{pw}@h"),
+                format!("ftp://:{pw}@h"),
+                format!("moka://:{pw}@h"),
+                format!("memcache://:{pw}@127.0.0.1:1"),
+                format!("redis://:{pw}@"),
+                format!("redis+cluster://:{pw}@h"),
+            ] {
+                let err = open(&url).await.unwrap_err().to_report_string();
+                assert!(!err.contains(pw), "{url}: {err}");
+            }
+        }
+    }
 
     #[tokio::test]
     async fn bad_urls_are_clear_errors_without_secrets() {

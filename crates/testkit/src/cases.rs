@@ -2,6 +2,7 @@
 //! [`Cache`] as the engines call it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use template_cache_core::{
     Bytes, Cache, CacheBackend, ContentHash, ErrorKind, IndexChanges, IndexEntry, Namespace, index,
@@ -242,6 +243,7 @@ pub async fn index_round_trip(b: Arc<dyn CacheBackend>) {
             upserts: upserts[..10].to_vec(),
             removals: vec![],
         },
+        None,
     )
     .await
     .expect("create");
@@ -252,6 +254,7 @@ pub async fn index_round_trip(b: Arc<dyn CacheBackend>) {
             upserts: upserts[10..].to_vec(),
             removals: vec![],
         },
+        None,
     )
     .await
     .expect("grow");
@@ -277,6 +280,7 @@ pub async fn index_round_trip(b: Arc<dyn CacheBackend>) {
             upserts: vec![changed.clone()],
             removals,
         },
+        None,
     )
     .await
     .expect("update");
@@ -445,4 +449,130 @@ impl CacheBackend for Recording {
         self.record("exists_many", keys, 0);
         self.inner.exists_many(keys).await
     }
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> template_cache_core::Result<bool> {
+        self.record("put_if_absent", &[key.to_owned()], value.len());
+        self.inner.put_if_absent(key, value, ttl).await
+    }
+    async fn swap_if_equal(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Option<Bytes>,
+        ttl: Duration,
+    ) -> template_cache_core::Result<bool> {
+        self.record("swap_if_equal", &[key.to_owned()], expected.len());
+        self.inner.swap_if_equal(key, expected, new, ttl).await
+    }
+}
+
+/// The lease primitives are atomic: of many concurrent `put_if_absent` calls exactly one wins;
+/// `swap_if_equal` replaces or deletes only the expected value; an absent key never matches.
+pub async fn atomic_swaps(b: Arc<dyn CacheBackend>) {
+    let c = Cache::new(b);
+    let ns = fresh_namespace();
+    let k = ns.lease_key();
+    let ttl = Duration::from_secs(30);
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (c, k) = (c.clone(), k.clone());
+            tokio::spawn(async move {
+                c.put_if_absent(&k, Bytes::from(format!("writer {i}")), ttl)
+                    .await
+                    .expect("put_if_absent")
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        winners += usize::from(t.await.expect("task"));
+    }
+    assert_eq!(winners, 1, "exactly one put_if_absent wins");
+    let held = c.get(&k).await.expect("get").expect("the winner's value");
+    assert!(
+        !c.swap_if_equal(&k, b"someone else", Some(Bytes::from_static(b"x")), ttl)
+            .await
+            .expect("swap")
+    );
+    assert!(
+        c.swap_if_equal(&k, &held, Some(Bytes::from_static(b"renewed")), ttl)
+            .await
+            .expect("swap")
+    );
+    assert_eq!(
+        c.get(&k).await.expect("get").as_deref(),
+        Some(&b"renewed"[..])
+    );
+    assert!(
+        !c.swap_if_equal(&k, &held, None, ttl)
+            .await
+            .expect("stale delete")
+    );
+    assert!(
+        c.swap_if_equal(&k, b"renewed", None, ttl)
+            .await
+            .expect("delete")
+    );
+    assert_eq!(c.get(&k).await.expect("get"), None);
+    assert!(
+        !c.swap_if_equal(&k, b"renewed", Some(Bytes::new()), ttl)
+            .await
+            .expect("swap of an absent key")
+    );
+    assert_eq!(c.get(&k).await.expect("get"), None);
+}
+
+/// One writer per namespace: while a lease is held a second acquisition is refused with
+/// `Conflict` (or waits, then succeeds once the holder releases); an index update fenced by a
+/// lease that was taken over is refused and changes nothing.
+pub async fn lease_excludes_other_writers(b: Arc<dyn CacheBackend>) {
+    use template_cache_core::{ErrorKind, Lease, LeaseConfig};
+    let c = Cache::new(b);
+    let ns = fresh_namespace();
+    let cfg = LeaseConfig::default();
+    let first = Lease::acquire(&c, &ns, &cfg).await.expect("first writer");
+    let err = Lease::acquire(&c, &ns, &cfg)
+        .await
+        .expect_err("second writer");
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains("busy"), "{err}");
+    let fence = first.fence();
+    let entry = IndexEntry {
+        hash: ContentHash::of(b"x"),
+        size: 1,
+        pending: false,
+    };
+    let change = |name: &str| IndexChanges {
+        upserts: vec![(name.to_owned(), entry)],
+        removals: vec![],
+    };
+    index::update(&c, &ns, &change("a"), Some(&fence))
+        .await
+        .expect("fenced update by the holder");
+    // A waiting writer gets the namespace once the holder releases it.
+    let waiting = {
+        let (c, ns) = (c.clone(), ns.clone());
+        let cfg = LeaseConfig {
+            wait: Some(Duration::from_secs(20)),
+            ..cfg
+        };
+        tokio::spawn(async move { Lease::acquire(&c, &ns, &cfg).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.release().await;
+    let second = waiting.await.expect("task").expect("the waiting writer");
+    // The first writer's fence no longer holds: its index updates change nothing.
+    let err = index::update(&c, &ns, &change("b"), Some(&fence))
+        .await
+        .expect_err("a stale fence");
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    let snap = index::load(&c, &ns).await.expect("load").expect("index");
+    assert!(snap.entries.contains_key("a") && !snap.entries.contains_key("b"));
+    second.release().await;
+    assert_eq!(c.get(&ns.lease_key()).await.expect("get"), None, "released");
+    crate::fixtures::cleanup(c.backend(), &ns).await;
 }

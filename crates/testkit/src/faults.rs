@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use template_cache_core::{
     Bytes, CacheBackend, Capabilities, Error, Expiry, IndexLayout, Result, async_trait,
@@ -120,6 +121,35 @@ impl CacheBackend for FaultyBackend {
             map.remove(k);
         }
         Ok(())
+    }
+
+    async fn put_if_absent(&self, key: &str, value: Bytes, _ttl: Duration) -> Result<bool> {
+        self.fail("put_if_absent", &[key.to_owned()])?;
+        let mut map = lock(&self.map);
+        if map.contains_key(key) {
+            return Ok(false);
+        }
+        map.insert(key.to_owned(), value);
+        Ok(true)
+    }
+
+    async fn swap_if_equal(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Option<Bytes>,
+        _ttl: Duration,
+    ) -> Result<bool> {
+        self.fail("swap_if_equal", &[key.to_owned()])?;
+        let mut map = lock(&self.map);
+        if map.get(key).map(|v| v.as_ref()) != Some(expected) {
+            return Ok(false);
+        }
+        match new {
+            Some(v) => map.insert(key.to_owned(), v),
+            None => map.remove(key),
+        };
+        Ok(true)
     }
 
     async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {

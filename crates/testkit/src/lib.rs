@@ -33,6 +33,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@tests (guard) $make;
             round_trip, missing_key, idempotent_delete, batch_matches_single, binary_values,
             large_values, enumeration, concurrent_writers, index_round_trip, contract_limits,
+            atomic_swaps, lease_excludes_other_writers,
             scenario_warm_and_check, scenario_drift_and_resolve, scenario_threshold_refusal,
             scenario_eviction_and_read_through);
     };

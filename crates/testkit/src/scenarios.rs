@@ -235,7 +235,7 @@ pub async fn scenario_threshold_refusal(b: Arc<dyn CacheBackend>) {
 }
 
 /// An evicted entry is reported missing and restored (by the next warm on backends that evict,
-/// by resolution elsewhere); read-through fills a miss.
+/// by resolution elsewhere); read-through serves the file on a miss and writes nothing.
 pub async fn scenario_eviction_and_read_through(b: Arc<dyn CacheBackend>) {
     let dir = tempfile::tempdir().expect("tempdir");
     sample_tree(dir.path(), 12);
@@ -247,7 +247,7 @@ pub async fn scenario_eviction_and_read_through(b: Arc<dyn CacheBackend>) {
         .delete(&ns.key_for("pages/t004.html"))
         .await
         .expect("evict");
-    let checker = Checker::new(Arc::clone(&b), cfg).expect("checker");
+    let checker = Checker::new(Arc::clone(&b), cfg.clone()).expect("checker");
     let c = checker.check(CheckMode::Quick).await.expect("check");
     assert_eq!(c.missing, ["pages/t004.html"]);
     if b.capabilities().evicts {
@@ -275,7 +275,10 @@ pub async fn scenario_eviction_and_read_through(b: Arc<dyn CacheBackend>) {
         .expect("evict");
     let plain = TemplateReader::new(Arc::clone(&b), ns.clone());
     assert!(plain.get("pages/t008.html").await.expect("read").is_none());
-    let through = plain.clone().with_read_through(dir.path(), 1 << 20);
+    let through = plain
+        .clone()
+        .with_read_through(cfg.source.clone())
+        .expect("read-through");
     let t = through
         .get("pages/t008.html")
         .await
@@ -283,13 +286,17 @@ pub async fn scenario_eviction_and_read_through(b: Arc<dyn CacheBackend>) {
         .expect("from file");
     assert_eq!(t.origin, Origin::File);
     assert_eq!(
-        plain
-            .get("pages/t008.html")
-            .await
-            .expect("read")
-            .expect("written back")
-            .content,
-        t.content
+        t.content,
+        std::fs::read(dir.path().join("pages/t008.html")).expect("file")
+    );
+    // Read-through is read-only: the entry is still missing, for the cache and for a check.
+    assert!(
+        plain.get("pages/t008.html").await.expect("read").is_none(),
+        "read-through never writes"
+    );
+    assert_eq!(
+        checker.check(CheckMode::Deep).await.expect("check").missing,
+        ["pages/t008.html"]
     );
     assert!(through.get("nope.html").await.expect("read").is_none());
     assert!(through.get("../etc/passwd").await.is_err());

@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use template_cache::{
-    CacheBackend, CheckMode, Checker, Error, ErrorKind, Namespace, ResolvePolicy,
-};
+use template_cache::{CacheBackend, CheckMode, Checker, ErrorKind, Namespace, ResolvePolicy};
 
 use crate::args::{CheckArgs, Cli};
 use crate::{EXIT_FOUND, EXIT_OK, EXIT_REFUSED, output};
@@ -16,15 +14,6 @@ pub async fn run(
     ns: Namespace,
     args: &CheckArgs,
 ) -> template_cache::Result<u8> {
-    if !(0.0..=1.0).contains(&args.max_delete_ratio) {
-        return Err(Error::new(
-            ErrorKind::ConfigInvalid,
-            format!(
-                "--max-delete-ratio must be between 0 and 1, not {}",
-                args.max_delete_ratio
-            ),
-        ));
-    }
     let cfg = super::engine_config(cli, ns, &args.source)?;
     let checker = Checker::new(Arc::clone(&backend), cfg)?;
     let mode = if args.deep {

@@ -42,12 +42,7 @@ pub fn engine_config(
     cfg.throttle.batch_max_templates = s.batch_size;
     cfg.throttle.templates_per_second = s.rate;
     cfg.throttle.bytes_per_second = s.byte_rate;
-    if s.max_attempts == 0 {
-        return Err(Error::new(
-            ErrorKind::ConfigInvalid,
-            "--max-attempts must be at least 1",
-        ));
-    }
+    // Every number was range-checked when the command line was parsed (`args.rs`).
     cfg.retry = RetryPolicy {
         max_attempts: s.max_attempts,
         ..RetryPolicy::default()

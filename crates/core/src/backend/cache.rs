@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{CacheBackend, Capabilities, Expiry, IndexLayout};
+use std::time::Duration;
+
+use super::{CacheBackend, Capabilities, Expiry, Fence, IndexLayout, ServerStats};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::key::is_entry_key;
 
@@ -188,12 +190,15 @@ impl Cache {
     }
 
     /// Sets and removes fields of hash `key`, in calls of at most
-    /// [`Capabilities::batch_max_keys`] fields: every set first, then every removal.
+    /// [`Capabilities::batch_max_keys`] fields: every set first, then every removal. With a
+    /// `fence`, each call applies only while the fence holds (see
+    /// [`CacheBackend::hash_update_fenced`]).
     pub async fn hash_update(
         &self,
         key: &str,
         set: &[(String, Bytes)],
         remove: &[String],
+        fence: Option<&Fence>,
     ) -> Result<()> {
         validate_key(key)?;
         for (field, value) in set {
@@ -202,12 +207,46 @@ impl Cache {
                 .map_err(|e| e.context(format!("field {field:?}")))?;
         }
         for chunk in set.chunks(self.batch_keys()) {
-            self.backend.hash_update(key, chunk, &[]).await?;
+            match fence {
+                Some(f) => self.backend.hash_update_fenced(key, chunk, &[], f).await?,
+                None => self.backend.hash_update(key, chunk, &[]).await?,
+            }
         }
         for chunk in remove.chunks(self.batch_keys()) {
-            self.backend.hash_update(key, &[], chunk).await?;
+            match fence {
+                Some(f) => self.backend.hash_update_fenced(key, &[], chunk, f).await?,
+                None => self.backend.hash_update(key, &[], chunk).await?,
+            }
         }
         Ok(())
+    }
+
+    /// Writes `value` under `key` only if absent (see [`CacheBackend::put_if_absent`]).
+    pub async fn put_if_absent(&self, key: &str, value: Bytes, ttl: Duration) -> Result<bool> {
+        validate_key(key)?;
+        self.caps.check_value_len(key, value.len())?;
+        self.backend.put_if_absent(key, value, ttl).await
+    }
+
+    /// Replaces or deletes `key` only if it holds `expected` (see
+    /// [`CacheBackend::swap_if_equal`]).
+    pub async fn swap_if_equal(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Option<Bytes>,
+        ttl: Duration,
+    ) -> Result<bool> {
+        validate_key(key)?;
+        if let Some(v) = &new {
+            self.caps.check_value_len(key, v.len())?;
+        }
+        self.backend.swap_if_equal(key, expected, new, ttl).await
+    }
+
+    /// The server's memory and eviction statistics (see [`CacheBackend::server_stats`]).
+    pub async fn server_stats(&self) -> Result<Option<ServerStats>> {
+        self.backend.server_stats().await
     }
 
     /// Makes completed writes durable.
@@ -278,6 +317,18 @@ mod tests {
         }
         async fn delete_many(&self, _: &[String]) -> Result<()> {
             Ok(())
+        }
+        async fn put_if_absent(&self, _: &str, _: Bytes, _: Duration) -> Result<bool> {
+            Ok(true)
+        }
+        async fn swap_if_equal(
+            &self,
+            _: &str,
+            _: &[u8],
+            _: Option<Bytes>,
+            _: Duration,
+        ) -> Result<bool> {
+            Ok(true)
         }
     }
 

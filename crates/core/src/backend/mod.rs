@@ -10,6 +10,7 @@ mod cache;
 pub mod url;
 
 use std::fmt::Debug;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -70,6 +71,29 @@ pub enum IndexLayout {
     /// One hash per namespace, one field per template, through [`CacheBackend::hash_scan`] and
     /// [`CacheBackend::hash_update`]: for stores with a native hash (Redis).
     Hash,
+}
+
+/// A write fence: a write guarded by it happens only while `key` holds `token` (the namespace
+/// write lease of the writer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    /// The lease key.
+    pub key: String,
+    /// The holder's lease record, as stored.
+    pub token: Bytes,
+}
+
+/// What a cache server says about its memory, summed over its servers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Entries evicted since the server started (Redis `evicted_keys`, Memcached `evictions`).
+    pub evictions: u64,
+    /// Bytes in use, where known.
+    pub used_bytes: Option<u64>,
+    /// The memory limit in bytes, where there is one.
+    pub max_bytes: Option<u64>,
+    /// The eviction policy, where the server has a choice (Redis `maxmemory-policy`).
+    pub policy: Option<String>,
 }
 
 /// How long a written value lives.
@@ -161,6 +185,43 @@ pub trait CacheBackend: Send + Sync + Debug + 'static {
     ) -> Result<()> {
         let _ = (key, set, remove);
         Err(unsupported(self, "hold hashes"))
+    }
+
+    /// Writes `value` under `key` only if `key` is absent, atomically, expiring after `ttl`
+    /// where the backend can expire keys. Returns whether it wrote. Used for the namespace
+    /// write lease.
+    async fn put_if_absent(&self, key: &str, value: Bytes, ttl: Duration) -> Result<bool>;
+
+    /// Atomically replaces the value of `key` with `new` (expiring after `ttl` where the backend
+    /// can expire keys), or deletes `key` when `new` is `None`, only if `key` currently holds
+    /// exactly `expected`. Returns whether it did. Used for the namespace write lease.
+    async fn swap_if_equal(
+        &self,
+        key: &str,
+        expected: &[u8],
+        new: Option<Bytes>,
+        ttl: Duration,
+    ) -> Result<bool>;
+
+    /// Like [`Self::hash_update`], applied only while `fence.key` holds `fence.token`, checked
+    /// atomically with the update; otherwise nothing changes and the error is
+    /// [`ErrorKind::Conflict`]. Required by [`IndexLayout::Hash`]; the default returns
+    /// [`ErrorKind::Unsupported`].
+    async fn hash_update_fenced(
+        &self,
+        key: &str,
+        set: &[(String, Bytes)],
+        remove: &[String],
+        fence: &Fence,
+    ) -> Result<()> {
+        let _ = (key, set, remove, fence);
+        Err(unsupported(self, "hold hashes"))
+    }
+
+    /// The server's own statistics on memory and evictions, summed over its servers, for
+    /// diagnosing an undersized cache; `None` for backends that keep none (the default).
+    async fn server_stats(&self) -> Result<Option<ServerStats>> {
+        Ok(None)
     }
 
     /// Makes every completed write durable. A no-op unless the backend buffers writes.

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Cache, CacheBackend};
+use super::lease::{Lease, LeaseConfig};
+use crate::backend::{Cache, CacheBackend, Fence};
 use crate::config::{EngineConfig, ProgressHandle};
 use crate::engine::report::Failure;
 use crate::engine::throttle::{Limiters, RetryPolicy, Throttle, batches};
@@ -29,6 +30,9 @@ pub(crate) struct Ctx {
     pub retry: RetryPolicy,
     pub limiters: Limiters,
     pub progress: Option<ProgressHandle>,
+    pub lease_config: LeaseConfig,
+    /// The namespace write lease, while this run writes.
+    lease: tokio::sync::Mutex<Option<Lease>>,
 }
 
 /// What the write pipeline did.
@@ -45,6 +49,7 @@ pub(crate) struct WriteOutcome {
 impl Ctx {
     pub fn new(backend: Arc<dyn CacheBackend>, config: EngineConfig) -> Result<Self> {
         let limiters = Limiters::new(&config.throttle)?;
+        config.lease.validate()?;
         let source = Source::new(config.source)?;
         Ok(Ctx {
             cache: Cache::new(backend),
@@ -54,6 +59,8 @@ impl Ctx {
             retry: config.retry,
             limiters,
             progress: config.progress,
+            lease_config: config.lease,
+            lease: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -112,15 +119,55 @@ impl Ctx {
         })
     }
 
-    /// Applies index changes with retries.
+    /// Takes the namespace write lease unless this run holds it already.
+    pub async fn hold_lease(&self) -> Result<()> {
+        let mut lease = self.lease.lock().await;
+        if lease.is_none() {
+            *lease = Some(Lease::acquire(&self.cache, &self.namespace, &self.lease_config).await?);
+        }
+        Ok(())
+    }
+
+    /// The fence of the held lease, if it still holds.
+    async fn fence(&self) -> Result<Fence> {
+        match self.lease.lock().await.as_ref() {
+            Some(l) => l.check().map(|()| l.fence()),
+            None => Err(Error::new(
+                crate::error::ErrorKind::Conflict,
+                "writing without the namespace write lease (a bug)",
+            )),
+        }
+    }
+
+    /// Releases the lease if this run holds it.
+    pub async fn release_lease(&self) {
+        if let Some(l) = self.lease.lock().await.take() {
+            l.release().await;
+        }
+    }
+
+    /// Applies index changes with retries, under the write lease (taken if needed).
     pub async fn update_index(&self, changes: &IndexChanges) -> Result<()> {
         if changes.is_empty() {
             return Ok(());
         }
-        let (r, _) = self
-            .retry
-            .run(|| crate::index::update(&self.cache, &self.namespace, changes))
-            .await;
+        self.hold_lease().await?;
+        let fence = self.fence().await?;
+        let update = || async {
+            let r = crate::index::update(&self.cache, &self.namespace, changes, Some(&fence)).await;
+            match r {
+                // The fence failed: the record may have vanished with a restarted server. Take
+                // it again if nobody else did, then retry; otherwise stop.
+                Err(e) if e.kind() == crate::error::ErrorKind::Conflict => {
+                    if let Some(l) = self.lease.lock().await.as_ref() {
+                        l.reassert().await?;
+                    }
+                    crate::index::update(&self.cache, &self.namespace, changes, Some(&fence)).await
+                }
+                other => other,
+            }
+        };
+        let (r, _) = self.retry.run(update).await;
         r.map_err(|e| {
             e.context(format!(
                 "updating the index of namespace {}",
@@ -352,6 +399,12 @@ impl Ctx {
         }
         let bytes: usize = entries.iter().map(|(_, v)| v.len()).sum();
         self.limiters.admit(entries.len(), bytes).await;
+        // A writer that lost its lease writes nothing more.
+        if let Err(e) = self.fence().await {
+            out.failed
+                .extend(names.into_iter().map(|(name, _)| Failure::new(name, &e, 0)));
+            return out;
+        }
         let (r, attempts) = self.retry.run(|| self.cache.set_many(&entries)).await;
         match r {
             Ok(()) => {

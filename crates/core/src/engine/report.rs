@@ -47,15 +47,23 @@ pub struct WarmReport {
     pub files_hashed: u64,
     /// The run was cancelled before every batch was started.
     pub cancelled: bool,
+    /// Entries the cache server evicted while this run wrote (ours or, on a shared server,
+    /// anyone's), from the server's own counters; `0` when none were, or when the backend keeps
+    /// no statistics.
+    pub evicted: u64,
+    /// Why evictions during the run matter, with the memory needed and available, when
+    /// [`Self::evicted`] is not `0`.
+    pub eviction_warning: Option<String>,
     /// Wall time of the run.
     #[serde(rename = "duration_ms", serialize_with = "as_millis")]
     pub duration: Duration,
 }
 
 impl WarmReport {
-    /// Whether every template is current in the cache.
+    /// Whether every template is current in the cache: nothing failed, the run was not
+    /// cancelled, and the cache evicted nothing while it wrote (evicted templates are missing).
     pub fn is_success(&self) -> bool {
-        self.failed.is_empty() && !self.cancelled
+        self.failed.is_empty() && !self.cancelled && self.evicted == 0
     }
 }
 

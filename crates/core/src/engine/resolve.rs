@@ -94,6 +94,7 @@ impl Checker {
     ) -> Result<ResolveReport> {
         let span = tracing::info_span!("resolve", namespace = %self.ctx.namespace, dry_run = policy.dry_run);
         let r = self.run_resolve(report, policy).instrument(span).await;
+        self.ctx.release_lease().await;
         self.ctx.finish();
         r
     }
@@ -127,6 +128,10 @@ impl Checker {
             writes.iter().for_each(|(k, _)| out.count(*k));
             deletes.iter().for_each(|d| out.count(d.kind));
             return Ok(out);
+        }
+        // Nothing is deleted or written without the namespace write lease.
+        if !(writes.is_empty() && deletes.is_empty() && plan.index_fixups.is_empty()) {
+            self.ctx.hold_lease().await?;
         }
         self.delete_entries(&deletes, &plan.index_fixups, &mut out)
             .await?;

@@ -51,6 +51,7 @@ impl TimeWindow {
 
     /// How long from `minute_of_day` until the window opens (zero if it is open).
     pub fn wait_from(&self, minute_of_day: u32) -> Duration {
+        let minute_of_day = minute_of_day % 1440;
         if self.contains(minute_of_day) {
             return Duration::ZERO;
         }
@@ -113,8 +114,39 @@ pub struct CheckSchedule {
     pub alert: AlertThreshold,
 }
 
+impl CheckSchedule {
+    /// The shortest and longest interval accepted by [`Self::validate`].
+    pub const INTERVAL_RANGE: (Duration, Duration) =
+        (Duration::from_millis(1), Duration::from_secs(365 * 86_400));
+
+    /// Checks the schedule, naming the setting out of range: the interval from 1 ms to 365 days
+    /// (never zero: that would check in a busy loop), the jitter and the alert ratio finite and
+    /// from 0 to 1.
+    pub fn validate(&self) -> Result<()> {
+        let (min, max) = Self::INTERVAL_RANGE;
+        crate::backend::url::check_duration("CheckSchedule.interval", self.interval, min, max)?;
+        for (name, value) in [
+            ("CheckSchedule.jitter", Some(self.jitter)),
+            ("CheckSchedule.alert.min_ratio", self.alert.min_ratio),
+        ] {
+            if let Some(v) = value {
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(Error::new(
+                        ErrorKind::ConfigInvalid,
+                        format!("{name} is {v}; it must be a number from 0 to 1"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Runs checks on `schedule` until `cancel` fires. Each outcome goes to `on_run`; alerts go to
 /// `sinks` and are logged at error level.
+///
+/// A schedule that fails [`CheckSchedule::validate`] runs no check: its error goes to `on_run`
+/// and the sinks (as [`Alert::Failed`]), and the function returns.
 pub async fn run_scheduled_checks(
     checker: &Checker,
     schedule: &CheckSchedule,
@@ -122,6 +154,15 @@ pub async fn run_scheduled_checks(
     cancel: CancellationToken,
     mut on_run: impl FnMut(&Result<(CheckReport, Option<Result<ResolveReport>>)>) + Send,
 ) {
+    if let Err(e) = schedule.validate() {
+        tracing::error!(error = %e, "invalid check schedule");
+        let alert = Alert::Failed(e.clone());
+        for s in sinks {
+            s.alert(&alert).await;
+        }
+        on_run(&Err(e));
+        return;
+    }
     loop {
         if let Some(w) = schedule.window {
             let wait = w.wait_from(minute_of_day_utc());
@@ -193,6 +234,56 @@ mod tests {
         assert_eq!(d.wait_from(120), Duration::from_secs(23 * 3600));
         for bad in ["", "1-2", "25:00-01:00", "01:00"] {
             assert!(TimeWindow::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(d.wait_from(u32::MAX), d.wait_from(u32::MAX % 1440));
+    }
+
+    #[test]
+    fn schedules_are_validated() {
+        let ok = CheckSchedule {
+            interval: Duration::from_secs(60),
+            jitter: 0.1,
+            window: None,
+            mode: CheckMode::Quick,
+            resolve: None,
+            alert: AlertThreshold::default(),
+        };
+        assert!(ok.validate().is_ok());
+        for (bad, want) in [
+            (
+                CheckSchedule {
+                    interval: Duration::ZERO,
+                    ..ok.clone()
+                },
+                "CheckSchedule.interval is 0s; it must be from 1ms to 365d",
+            ),
+            (
+                CheckSchedule {
+                    interval: Duration::MAX,
+                    ..ok.clone()
+                },
+                "CheckSchedule.interval",
+            ),
+            (
+                CheckSchedule {
+                    jitter: f64::NAN,
+                    ..ok.clone()
+                },
+                "CheckSchedule.jitter is NaN",
+            ),
+            (
+                CheckSchedule {
+                    alert: AlertThreshold {
+                        min_count: None,
+                        min_ratio: Some(2.0),
+                    },
+                    ..ok.clone()
+                },
+                "CheckSchedule.alert.min_ratio is 2",
+            ),
+        ] {
+            let e = bad.validate().unwrap_err();
+            assert!(e.message().contains(want), "{e}");
         }
     }
 

@@ -30,6 +30,33 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The fewest and most attempts accepted by [`Self::validate`].
+    pub const MAX_ATTEMPTS_RANGE: (u32, u32) = (1, 1000);
+    /// The longest backoff accepted by [`Self::validate`].
+    pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+    /// Checks the policy, naming the setting out of range: attempts from 1 to 1000, backoffs
+    /// up to 1 h with the first no longer than the bound.
+    pub fn validate(&self) -> Result<()> {
+        let (min, max) = Self::MAX_ATTEMPTS_RANGE;
+        if !(min..=max).contains(&self.max_attempts) {
+            return Err(invalid(format!(
+                "RetryPolicy.max_attempts is {}; it must be from {min} to {max}",
+                self.max_attempts
+            )));
+        }
+        if self.max_backoff > Self::MAX_BACKOFF || self.initial_backoff > self.max_backoff {
+            return Err(invalid(format!(
+                "RetryPolicy backoffs are {:?} then up to {:?}; the first must not exceed the \
+                 bound, which must be at most {:?}",
+                self.initial_backoff,
+                self.max_backoff,
+                Self::MAX_BACKOFF
+            )));
+        }
+        Ok(())
+    }
+
     /// Runs `op` until it succeeds, fails permanently, or attempts run out. Temporary errors are
     /// retried after an exponential backoff with full jitter. Returns the result and the number
     /// of attempts made.
@@ -41,7 +68,7 @@ impl RetryPolicy {
         let max = self.max_attempts.max(1);
         let mut attempt = 0;
         loop {
-            attempt += 1;
+            attempt = u32::saturating_add(attempt, 1);
             match op().await {
                 Ok(v) => return (Ok(v), attempt),
                 Err(e) if e.is_temporary() && attempt < max => {
@@ -76,14 +103,10 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// A limiter admitting `per_second` units per second on average; must be positive.
+    /// A limiter admitting `per_second` units per second on average; must be finite and
+    /// greater than 0.
     pub fn new(per_second: f64) -> Result<Self> {
-        if !(per_second.is_finite() && per_second > 0.0) {
-            return Err(Error::new(
-                crate::ErrorKind::ConfigInvalid,
-                format!("rate limit must be a positive number, not {per_second}"),
-            ));
-        }
+        check_rate("rate limit", per_second)?;
         let burst = (per_second / 10.0).max(1.0);
         Ok(RateLimiter {
             per_second,
@@ -101,7 +124,8 @@ impl RateLimiter {
             s.0 = (s.0 + refill).min(self.burst) - units;
             s.1 = now;
             if s.0 < 0.0 {
-                Duration::from_secs_f64(-s.0 / self.per_second)
+                // A tiny rate and a large debt may exceed any `Duration`: wait "forever".
+                Duration::try_from_secs_f64(-s.0 / self.per_second).unwrap_or(Duration::MAX)
             } else {
                 Duration::ZERO
             }
@@ -139,6 +163,56 @@ impl Default for Throttle {
     }
 }
 
+impl Throttle {
+    /// The fewest and most batches in flight accepted by [`Self::validate`].
+    pub const CONCURRENCY_RANGE: (usize, usize) = (1, 65_536);
+
+    /// Checks the limits, naming the setting out of range: concurrency from 1 to 65536, batch
+    /// sizes at least 1, rates finite and greater than 0. The engines call it before a run.
+    pub fn validate(&self) -> Result<()> {
+        let (min, max) = Self::CONCURRENCY_RANGE;
+        if !(min..=max).contains(&self.concurrency) {
+            return Err(invalid(format!(
+                "Throttle.concurrency is {}; it must be from {min} to {max}",
+                self.concurrency
+            )));
+        }
+        for (name, value) in [
+            ("Throttle.batch_max_templates", self.batch_max_templates),
+            ("Throttle.batch_max_bytes", self.batch_max_bytes),
+        ] {
+            if value == 0 {
+                return Err(invalid(format!("{name} is 0; it must be at least 1")));
+            }
+        }
+        for (name, rate) in [
+            ("Throttle.templates_per_second", self.templates_per_second),
+            ("Throttle.bytes_per_second", self.bytes_per_second),
+        ] {
+            if let Some(r) = rate {
+                check_rate(name, r)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A [`crate::ErrorKind::ConfigInvalid`] error.
+fn invalid(message: String) -> Error {
+    Error::new(crate::ErrorKind::ConfigInvalid, message)
+}
+
+/// Checks that rate `value` of setting `name` is finite and greater than 0.
+fn check_rate(name: &str, value: f64) -> Result<()> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{name} is {value}; it must be a finite number greater than 0"
+        )))
+    }
+}
+
 /// The live limiters built from a [`Throttle`].
 #[derive(Debug)]
 pub(crate) struct Limiters {
@@ -148,12 +222,7 @@ pub(crate) struct Limiters {
 
 impl Limiters {
     pub(crate) fn new(t: &Throttle) -> Result<Self> {
-        if t.concurrency == 0 || t.batch_max_templates == 0 || t.batch_max_bytes == 0 {
-            return Err(Error::new(
-                crate::ErrorKind::ConfigInvalid,
-                "concurrency and batch sizes must be at least 1",
-            ));
-        }
+        t.validate()?;
         Ok(Limiters {
             templates: t.templates_per_second.map(RateLimiter::new).transpose()?,
             bytes: t.bytes_per_second.map(RateLimiter::new).transpose()?,
@@ -179,14 +248,14 @@ pub(crate) fn batches<T>(
 ) -> Vec<Vec<T>> {
     let mut out = Vec::new();
     let mut cur = Vec::new();
-    let mut cur_bytes = 0;
+    let mut cur_bytes: usize = 0;
     for item in items {
         let s = size(&item);
-        if !cur.is_empty() && (cur.len() >= max_items || cur_bytes + s > max_bytes) {
+        if !cur.is_empty() && (cur.len() >= max_items || cur_bytes.saturating_add(s) > max_bytes) {
             out.push(std::mem::take(&mut cur));
             cur_bytes = 0;
         }
-        cur_bytes += s;
+        cur_bytes = usize::saturating_add(cur_bytes, s);
         cur.push(item);
     }
     if !cur.is_empty() {
@@ -265,11 +334,85 @@ mod tests {
         assert!(RateLimiter::new(0.0).is_err());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_tiny_rate_waits_instead_of_panicking() {
+        let l = RateLimiter::new(1e-300).unwrap();
+        l.acquire(1.0).await;
+        let waited = tokio::time::timeout(Duration::from_secs(3600), l.acquire(1e6)).await;
+        assert!(waited.is_err(), "still waiting after an hour");
+    }
+
+    #[test]
+    fn throttles_and_retry_policies_are_validated() {
+        assert!(Throttle::default().validate().is_ok());
+        assert!(RetryPolicy::default().validate().is_ok());
+        for (t, want) in [
+            (
+                Throttle {
+                    templates_per_second: Some(f64::NAN),
+                    ..Throttle::default()
+                },
+                "Throttle.templates_per_second is NaN",
+            ),
+            (
+                Throttle {
+                    bytes_per_second: Some(-1.0),
+                    ..Throttle::default()
+                },
+                "Throttle.bytes_per_second is -1",
+            ),
+            (
+                Throttle {
+                    bytes_per_second: Some(f64::INFINITY),
+                    ..Throttle::default()
+                },
+                "finite number greater than 0",
+            ),
+            (
+                Throttle {
+                    concurrency: 0,
+                    ..Throttle::default()
+                },
+                "Throttle.concurrency is 0; it must be from 1 to 65536",
+            ),
+            (
+                Throttle {
+                    batch_max_bytes: 0,
+                    ..Throttle::default()
+                },
+                "Throttle.batch_max_bytes",
+            ),
+        ] {
+            let e = Limiters::new(&t).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ConfigInvalid);
+            assert!(e.message().contains(want), "{e}");
+        }
+        for p in [
+            RetryPolicy {
+                max_attempts: 0,
+                ..RetryPolicy::default()
+            },
+            RetryPolicy {
+                max_backoff: Duration::MAX,
+                ..RetryPolicy::default()
+            },
+            RetryPolicy {
+                initial_backoff: Duration::from_secs(10),
+                max_backoff: Duration::from_secs(1),
+                ..RetryPolicy::default()
+            },
+        ] {
+            assert!(p.validate().is_err(), "{p:?}");
+        }
+    }
+
     #[test]
     fn batches_respect_counts_and_bytes() {
         let b = batches((0..10).collect(), 4, 1000, |_| 1);
         assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 2]);
         let b = batches(vec![600, 600, 100, 2000], 10, 1000, |x| *x);
         assert_eq!(b, vec![vec![600], vec![600, 100], vec![2000]]);
+        let b = batches(vec![usize::MAX, usize::MAX, 1], 10, 1000, |x| *x);
+        assert_eq!(b.len(), 3);
     }
 }

@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use super::pipeline::Ctx;
 use super::report::{Failure, WarmReport};
-use crate::backend::CacheBackend;
+use crate::backend::{CacheBackend, ServerStats};
 use crate::config::EngineConfig;
 use crate::error::Result;
 use crate::index::{IndexEntry, IndexSnapshot};
@@ -67,6 +67,7 @@ impl Warmer {
         let span = tracing::info_span!("warm", namespace = %self.ctx.namespace, backend = %self.ctx.cache.describe());
         async {
             let r = self.warm(cancel).await;
+            self.ctx.release_lease().await;
             self.ctx.finish();
             match &r {
                 Ok(rep) => {
@@ -158,6 +159,13 @@ impl Warmer {
             "classified"
         );
 
+        // A cache smaller than the tree evicts while we write, and only the server knows: read
+        // its eviction counter around the writes (not on a run with nothing to write).
+        let stats_before = if dirty.is_empty() {
+            None
+        } else {
+            self.server_stats("before writing").await
+        };
         let outcome = self.ctx.write_files(dirty, &previous, cancel).await?;
         report.written = outcome.written.len();
         report.failed.extend(outcome.failed);
@@ -168,12 +176,29 @@ impl Warmer {
         if let Err(e) = self.ctx.cache.flush().await {
             report.failed.push(Failure::new("(flush)".into(), &e, 1));
         }
+        if let Some(before) = stats_before.filter(|_| report.written > 0)
+            && let Some(after) = self.server_stats("after writing").await
+        {
+            note_evictions(&mut report, &before, &after);
+        }
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "written");
         self.ctx.source.save_state();
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "state saved");
         report.files_hashed = self.ctx.source.files_hashed() - hashed_before;
         report.duration = started.elapsed();
         Ok(report)
+    }
+
+    /// The server's statistics, or `None` when the backend keeps none or reading them failed
+    /// (which never fails the run).
+    async fn server_stats(&self, when: &str) -> Option<ServerStats> {
+        match self.ctx.cache.server_stats().await {
+            Ok(stats) => stats,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the server's statistics {when} failed; evictions during this run go unnoticed");
+                None
+            }
+        }
     }
 
     /// Loads the index and, on backends that may evict, the names of confirmed entries that no
@@ -230,6 +255,46 @@ impl Warmer {
     }
 }
 
+/// Records in `report` the evictions the server counted between `before` and `after` (a counter
+/// that went down, after a restart, counts as none).
+fn note_evictions(report: &mut WarmReport, before: &ServerStats, after: &ServerStats) {
+    let evicted = after.evictions.saturating_sub(before.evictions);
+    if evicted == 0 {
+        return;
+    }
+    let needed = before
+        .used_bytes
+        .map(|used| used.saturating_add(report.bytes_written));
+    let available = after.max_bytes.or(before.max_bytes);
+    let policy = after.policy.as_ref().or(before.policy.as_ref());
+    let message = eviction_message(evicted, needed, available, policy.map(String::as_str));
+    tracing::warn!(evicted, "{message}");
+    report.evicted = evicted;
+    report.eviction_warning = Some(message);
+}
+
+/// "the cache evicted N entries during this warm: about X needed, Y available ...".
+fn eviction_message(
+    evicted: u64,
+    needed: Option<u64>,
+    available: Option<u64>,
+    policy: Option<&str>,
+) -> String {
+    let size = |b: Option<u64>| b.map_or_else(|| "unknown".to_owned(), mib);
+    let policy = policy.map_or_else(String::new, |p| format!(" (maxmemory-policy {p})"));
+    format!(
+        "the cache evicted {evicted} entries during this warm: about {} needed, {} available{policy}; \
+         evicted templates are missing until the cache has room for the whole tree",
+        size(needed),
+        size(available),
+    )
+}
+
+/// `bytes` in MiB, the unit of Redis `maxmemory 60mb` and Memcached `-m 60`.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
 fn record_metrics(r: &WarmReport) {
     metrics::counter!("tcache_templates_scanned_total").increment(r.scanned as u64);
     metrics::counter!("tcache_templates_written_total").increment(r.written as u64);
@@ -237,5 +302,70 @@ fn record_metrics(r: &WarmReport) {
     metrics::counter!("tcache_templates_failed_total").increment(r.failed.len() as u64);
     metrics::counter!("tcache_bytes_written_total").increment(r.bytes_written);
     metrics::counter!("tcache_files_hashed_total").increment(r.files_hashed);
+    metrics::counter!("tcache_evictions_during_warm_total").increment(r.evicted);
     metrics::histogram!("tcache_warm_duration_seconds").record(r.duration.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(evictions: u64, used: Option<u64>, max: Option<u64>) -> ServerStats {
+        ServerStats {
+            evictions,
+            used_bytes: used,
+            max_bytes: max,
+            policy: Some("allkeys-lru".into()),
+        }
+    }
+
+    #[test]
+    fn evictions_during_the_run_fail_it_with_the_numbers() {
+        let mut r = WarmReport {
+            written: 10,
+            bytes_written: 3 * 1024 * 1024,
+            ..Default::default()
+        };
+        let before = stats(5, Some(1024 * 1024), Some(2 * 1024 * 1024));
+        note_evictions(&mut r, &before, &stats(5, Some(2 << 20), Some(2 << 20)));
+        assert_eq!(r.evicted, 0);
+        assert!(r.eviction_warning.is_none() && r.is_success());
+
+        note_evictions(&mut r, &before, &stats(47, Some(2 << 20), Some(2 << 20)));
+        assert_eq!(r.evicted, 42);
+        assert!(!r.is_success());
+        assert_eq!(
+            r.eviction_warning.as_deref(),
+            Some(
+                "the cache evicted 42 entries during this warm: about 4.0 MiB needed, 2.0 MiB \
+                 available (maxmemory-policy allkeys-lru); evicted templates are missing until \
+                 the cache has room for the whole tree"
+            )
+        );
+        let json = serde_json::to_value(&r).unwrap_or_default();
+        assert_eq!(json["evicted"], 42);
+        assert!(json["eviction_warning"].is_string());
+    }
+
+    #[test]
+    fn unknown_sizes_are_said_to_be_unknown_and_a_restart_counts_no_evictions() {
+        let mut r = WarmReport::default();
+        let before = ServerStats {
+            evictions: 100,
+            ..Default::default()
+        };
+        note_evictions(&mut r, &before, &ServerStats::default());
+        assert_eq!(r.evicted, 0, "the counter went down: the server restarted");
+        let after = ServerStats {
+            evictions: 103,
+            ..Default::default()
+        };
+        note_evictions(&mut r, &before, &after);
+        assert_eq!(r.evicted, 3);
+        let msg = r.eviction_warning.unwrap_or_default();
+        assert!(
+            msg.contains("about unknown needed, unknown available;"),
+            "{msg}"
+        );
+    }
 }

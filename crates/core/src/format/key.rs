@@ -59,6 +59,12 @@ impl serde::Serialize for ContentHash {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Namespace(String);
 
+/// Whether `name` is a valid namespace (without allocating).
+fn is_namespace(name: &str) -> bool {
+    let valid = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
+    !name.is_empty() && name.len() <= 64 && name.bytes().all(valid)
+}
+
 /// The namespace used when none is configured.
 pub const DEFAULT_NAMESPACE: &str = "tpl";
 
@@ -66,8 +72,7 @@ impl Namespace {
     /// Validates `name` as a namespace.
     pub fn new(name: impl Into<String>) -> Result<Self> {
         let name = name.into();
-        let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
-        if name.is_empty() || name.len() > 64 || !name.chars().all(valid_char) {
+        if !is_namespace(&name) {
             return Err(Error::new(
                 ErrorKind::ConfigInvalid,
                 format!(
@@ -107,6 +112,12 @@ impl Namespace {
         format!("{}:index", self.0)
     }
 
+    /// The key of the namespace's write lease, `{<namespace>:index}:lease`: its hash tag puts it
+    /// in the Redis Cluster slot of the index, so that index updates can check it atomically.
+    pub fn lease_key(&self) -> String {
+        format!("{{{}:index}}:lease", self.0)
+    }
+
     /// The key of one index shard, `<namespace>:index:<generation>:<shard>`.
     pub fn index_shard_key(&self, generation: u64, shard: u32) -> String {
         format!("{}:index:{generation:016x}:{shard}", self.0)
@@ -129,7 +140,7 @@ impl fmt::Display for Namespace {
 /// `<namespace>:<64 lowercase hex>` (index keys do not).
 pub fn is_entry_key(key: &str) -> bool {
     key.split_once(':').is_some_and(|(ns, h)| {
-        Namespace::new(ns).is_ok()
+        is_namespace(ns)
             && h.len() == 64
             && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     })
@@ -179,6 +190,8 @@ mod tests {
         assert!(is_entry_key(&key));
         assert!(!is_entry_key(&ns.index_root_key()));
         assert!(!is_entry_key(&ns.index_shard_key(7, 0)));
+        assert_eq!(ns.lease_key(), "{tpl:index}:lease");
+        assert!(!is_entry_key(&ns.lease_key()) && !ns.is_template_key(&ns.lease_key()));
         // Known vector: SHA-256("a") .
         assert_eq!(
             ns.key_for("a"),

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use super::{IndexChanges, IndexEntry, IndexSnapshot};
-use crate::backend::Cache;
+use crate::backend::{Cache, Fence};
 use crate::error::Result;
 use crate::format::bytes::Reader;
 use crate::format::key::Namespace;
@@ -67,7 +67,12 @@ pub async fn load(cache: &Cache, ns: &Namespace) -> Result<Option<IndexSnapshot>
 }
 
 /// Sets upserted fields (the last upsert of a name wins), then removes removed ones.
-pub async fn update(cache: &Cache, ns: &Namespace, changes: &IndexChanges) -> Result<()> {
+pub async fn update(
+    cache: &Cache,
+    ns: &Namespace,
+    changes: &IndexChanges,
+    fence: Option<&Fence>,
+) -> Result<()> {
     let key = ns.index_root_key();
     let mut last: HashMap<&str, &IndexEntry> = HashMap::with_capacity(changes.upserts.len());
     for (n, e) in &changes.upserts {
@@ -78,7 +83,7 @@ pub async fn update(cache: &Cache, ns: &Namespace, changes: &IndexChanges) -> Re
         .map(|(n, e)| (n.to_owned(), Bytes::copy_from_slice(&encode_value(e))))
         .collect();
     cache
-        .hash_update(&key, &set, &changes.removals)
+        .hash_update(&key, &set, &changes.removals, fence)
         .await
         .map_err(|e| e.context(format!("updating index {key}")))
 }

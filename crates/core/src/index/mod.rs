@@ -13,8 +13,8 @@ pub mod sharded;
 
 use std::collections::HashMap;
 
-use crate::backend::{Cache, IndexLayout};
-use crate::error::Result;
+use crate::backend::{Cache, Fence, IndexLayout};
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::key::{ContentHash, Namespace};
 
 /// Reads the index of `namespace` in the layout the backend declares; `None` if there is none.
@@ -27,13 +27,40 @@ pub async fn load(cache: &Cache, namespace: &Namespace) -> Result<Option<IndexSn
 
 /// Applies `changes` to the index of `namespace`, creating it if needed. Each call leaves a
 /// readable index, even if the process stops in the middle.
-pub async fn update(cache: &Cache, namespace: &Namespace, changes: &IndexChanges) -> Result<()> {
+///
+/// With a `fence` (the writer's lease), nothing is written unless the lease still holds:
+/// checked atomically with each write in the hash layout, and before the writes in the sharded
+/// layout (whose writes are whole shards, last writer wins).
+pub async fn update(
+    cache: &Cache,
+    namespace: &Namespace,
+    changes: &IndexChanges,
+    fence: Option<&Fence>,
+) -> Result<()> {
     if changes.is_empty() {
         return Ok(());
     }
     match cache.index_layout() {
-        IndexLayout::Sharded => sharded::update(cache, namespace, changes).await,
-        IndexLayout::Hash => hash::update(cache, namespace, changes).await,
+        IndexLayout::Sharded => {
+            if let Some(f) = fence {
+                check_fence(cache, f).await?;
+            }
+            sharded::update(cache, namespace, changes).await
+        }
+        IndexLayout::Hash => hash::update(cache, namespace, changes, fence).await,
+    }
+}
+
+async fn check_fence(cache: &Cache, fence: &Fence) -> Result<()> {
+    match cache.get(&fence.key).await? {
+        Some(v) if v.starts_with(&fence.token) => Ok(()),
+        _ => Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "the write lease {} is no longer ours; index left unchanged",
+                fence.key
+            ),
+        )),
     }
 }
 

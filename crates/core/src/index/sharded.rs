@@ -255,8 +255,18 @@ pub async fn update(b: &Cache, ns: &Namespace, changes: &IndexChanges) -> Result
             .push(name);
     }
     let nos: Vec<u32> = groups.keys().copied().collect();
-    let (mut shards, _lost) = read_shards(b, ns, &root, &nos).await?;
+    let (mut shards, lost) = read_shards(b, ns, &root, &nos).await?;
     // A lost shard is recreated from the changes alone: its other names are unknown anyway.
+    // Say so: the orphans it listed can no longer be found through the index.
+    for what in &lost {
+        tracing::warn!(
+            lost = %what,
+            "an index shard was lost (evicted or damaged) and is re-created from this update alone; \
+             the orphans it listed can only be found by listing keys (a deep check, where the \
+             backend can list)"
+        );
+        metrics::counter!("tcache_index_shards_lost_total").increment(1);
+    }
     for &no in &nos {
         if !shards.iter().any(|(n, _)| *n == no) {
             shards.push((no, Shard::new()));
