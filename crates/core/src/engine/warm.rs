@@ -283,8 +283,9 @@ fn eviction_message(
     let size = |b: Option<u64>| b.map_or_else(|| "unknown".to_owned(), mib);
     let policy = policy.map_or_else(String::new, |p| format!(" (maxmemory-policy {p})"));
     format!(
-        "the cache evicted {evicted} entries during this warm: about {} needed, {} available{policy}; \
+        "the cache evicted {evicted} {} during this warm: about {} needed, {} available{policy}; \
          evicted templates are missing until the cache has room for the whole tree",
+        if evicted == 1 { "entry" } else { "entries" },
         size(needed),
         size(available),
     )
@@ -363,6 +364,13 @@ mod tests {
         note_evictions(&mut r, &before, &after);
         assert_eq!(r.evicted, 3);
         let msg = r.eviction_warning.unwrap_or_default();
+        assert!(
+            msg.starts_with("the cache evicted 3 entries during"),
+            "{msg}"
+        );
+        assert!(
+            eviction_message(1, None, None, None).starts_with("the cache evicted 1 entry during")
+        );
         assert!(
             msg.contains("about unknown needed, unknown available;"),
             "{msg}"
