@@ -31,6 +31,11 @@ pub const MAX_ATTEMPTS_RANGE: (u64, u64) = (1, 100);
 pub const MAX_TEMPLATE_SIZE_RANGE: (u64, u64) = (1, 1024 * 1024 * 1024);
 /// `--max-delete` (0: no deletion at all).
 pub const MAX_DELETE_RANGE: (u64, u64) = (0, 1_000_000_000);
+/// `--lease-ttl`: the range the engines accept.
+pub const LEASE_TTL_RANGE: (Duration, Duration) = template_cache::LeaseConfig::TTL_RANGE;
+/// `--wait-lease`: from 1 s to a day.
+pub const WAIT_LEASE_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(86_400));
 
 /// A parser of durations from `min` to `max` (`500ms`, `30s`, `5m`, `1h`).
 fn duration_in(
@@ -112,6 +117,10 @@ pub struct Cli {
     /// ~/.cache/tcache].
     #[arg(long, global = true, env = "TCACHE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// How long the namespace write lease of a writer lives without renewal (3s to 300s); a
+    /// writer killed with -9 frees the namespace after at most this long.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "15s", value_parser = duration_in(LEASE_TTL_RANGE.0, LEASE_TTL_RANGE.1))]
+    pub lease_ttl: Duration,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -145,22 +154,22 @@ pub struct SourceArgs {
     #[arg(long)]
     pub checksum: bool,
     /// Largest template in bytes (1 to 1073741824); larger files fail alone.
-    #[arg(long, value_name = "BYTES", default_value_t = template_cache::scan::DEFAULT_MAX_TEMPLATE_BYTES, value_parser = count_in::<u64>(MAX_TEMPLATE_SIZE_RANGE))]
+    #[arg(long, allow_negative_numbers = true, value_name = "BYTES", default_value_t = template_cache::scan::DEFAULT_MAX_TEMPLATE_BYTES, value_parser = count_in::<u64>(MAX_TEMPLATE_SIZE_RANGE))]
     pub max_template_size: u64,
     /// Batches in flight at once (1 to 1024).
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = count_in::<usize>(CONCURRENCY_RANGE))]
+    #[arg(long, allow_negative_numbers = true, value_name = "N", default_value_t = 4, value_parser = count_in::<usize>(CONCURRENCY_RANGE))]
     pub concurrency: usize,
     /// Templates per batch (1 to 100000).
-    #[arg(long, value_name = "N", default_value_t = 256, value_parser = count_in::<usize>(BATCH_SIZE_RANGE))]
+    #[arg(long, allow_negative_numbers = true, value_name = "N", default_value_t = 256, value_parser = count_in::<usize>(BATCH_SIZE_RANGE))]
     pub batch_size: usize,
     /// Rate limit in templates per second (greater than 0).
-    #[arg(long, value_name = "PER_SECOND", value_parser = rate)]
+    #[arg(long, allow_negative_numbers = true, value_name = "PER_SECOND", value_parser = rate)]
     pub rate: Option<f64>,
     /// Rate limit in bytes per second (greater than 0).
-    #[arg(long, value_name = "BYTES_PER_SECOND", value_parser = rate)]
+    #[arg(long, allow_negative_numbers = true, value_name = "BYTES_PER_SECOND", value_parser = rate)]
     pub byte_rate: Option<f64>,
     /// Attempts per batch for temporary backend errors, including the first (1 to 100).
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = count_in::<u32>(MAX_ATTEMPTS_RANGE))]
+    #[arg(long, allow_negative_numbers = true, value_name = "N", default_value_t = 4, value_parser = count_in::<u32>(MAX_ATTEMPTS_RANGE))]
     pub max_attempts: u32,
 }
 
@@ -177,6 +186,9 @@ pub struct WarmArgs {
     /// Trust the index without checking that entries still exist (faster; misses evictions).
     #[arg(long)]
     pub trust_index: bool,
+    /// Wait up to DURATION (1s to 1d) for another writer's write lease instead of exiting 4.
+    #[arg(long, value_name = "DURATION", value_parser = duration_in(WAIT_LEASE_RANGE.0, WAIT_LEASE_RANGE.1))]
+    pub wait_lease: Option<Duration>,
 }
 
 #[derive(Args, Debug)]
@@ -193,14 +205,18 @@ pub struct CheckArgs {
     #[arg(long, requires = "fix")]
     pub dry_run: bool,
     /// With --fix: refuse if more than N entries would be deleted (0 to 1000000000).
-    #[arg(long, value_name = "N", requires = "fix", value_parser = count_in::<usize>(MAX_DELETE_RANGE))]
+    #[arg(long, allow_negative_numbers = true, value_name = "N", requires = "fix", value_parser = count_in::<usize>(MAX_DELETE_RANGE))]
     pub max_delete: Option<usize>,
     /// With --fix: refuse if more than this fraction of entries would be deleted (0 to 1).
-    #[arg(long, value_name = "F", default_value_t = 0.25, requires = "fix", value_parser = ratio)]
+    #[arg(long, allow_negative_numbers = true, value_name = "F", default_value_t = 0.25, requires = "fix", value_parser = ratio)]
     pub max_delete_ratio: f64,
     /// With --fix: keep orphaned entries.
     #[arg(long, requires = "fix")]
     pub keep_orphans: bool,
+    /// With --fix: wait up to DURATION (1s to 1d) for another writer's write lease instead of
+    /// exiting 4.
+    #[arg(long, value_name = "DURATION", requires = "fix", value_parser = duration_in(WAIT_LEASE_RANGE.0, WAIT_LEASE_RANGE.1))]
+    pub wait_lease: Option<Duration>,
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! `tcache`: warm and check template caches from the shell.
 //!
 //! Exit codes: 0 success / consistent; 1 inconsistencies found (check) or templates failed
-//! (warm); 2 usage, configuration or fatal error; 3 a resolution refused by a safety threshold.
+//! (warm); 2 usage, configuration or fatal error; 3 a resolution refused by a safety threshold;
+//! 4 the namespace is busy (another writer holds its write lease).
 
 mod args;
 mod commands;
@@ -25,6 +26,8 @@ const EXIT_FOUND: u8 = 1;
 const EXIT_FATAL: u8 = 2;
 /// Exit code: a resolution was refused by a safety threshold; nothing was changed.
 const EXIT_REFUSED: u8 = 3;
+/// Exit code: another process holds the namespace's write lease; nothing was written.
+const EXIT_BUSY: u8 = 4;
 
 /// The largest password file read (a bigger one is not a password file).
 const MAX_PASSWORD_FILE_BYTES: u64 = 64 * 1024;
@@ -138,10 +141,10 @@ async fn run(cli: Cli) -> u8 {
                 );
             }
             eprintln!("tcache: {report}");
-            if e.kind() == ErrorKind::Refused {
-                EXIT_REFUSED
-            } else {
-                EXIT_FATAL
+            match e.kind() {
+                ErrorKind::Refused => EXIT_REFUSED,
+                ErrorKind::Conflict => EXIT_BUSY,
+                _ => EXIT_FATAL,
             }
         }
     }

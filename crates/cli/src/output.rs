@@ -32,8 +32,15 @@ pub fn warm(json: bool, r: &WarmReport, backend: &str) {
         print_json(&serde_json::to_value(r).unwrap_or_default());
         return;
     }
-    println!(
-        "warmed {backend}: {} scanned, {} written, {} unchanged, {} failed, {} bytes written, {} files hashed, {} ms{}",
+    print!("{}", warm_text(r, backend));
+}
+
+/// The human form of a warm report: a summary line, then one line per failure and one for
+/// evictions during the run.
+fn warm_text(r: &WarmReport, backend: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "warmed {backend}: {} scanned, {} written, {} unchanged, {} failed, {} bytes written, {} files hashed, {} ms{}\n",
         r.scanned,
         r.written,
         r.unchanged,
@@ -44,7 +51,8 @@ pub fn warm(json: bool, r: &WarmReport, backend: &str) {
         if r.cancelled { " (interrupted)" } else { "" }
     );
     for f in &r.failed {
-        println!(
+        let _ = writeln!(
+            out,
             "  failed    {}  ({} attempts): {}",
             escaped(&f.name),
             f.attempts,
@@ -52,8 +60,9 @@ pub fn warm(json: bool, r: &WarmReport, backend: &str) {
         );
     }
     if let Some(warning) = &r.eviction_warning {
-        println!("  evicted   {}", escaped(warning));
+        let _ = writeln!(out, "  evicted   {}", escaped(warning));
     }
+    out
 }
 
 /// Prints a check report and, with `--fix`, the resolution.
@@ -135,6 +144,32 @@ pub fn check(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn evictions_during_a_warm_are_printed() {
+        let r = template_cache::WarmReport {
+            scanned: 3,
+            written: 3,
+            evicted: 2,
+            eviction_warning: Some(
+                "the cache evicted 2 entries during this warm: about 3.0 MiB needed, 2.0 MiB available".into(),
+            ),
+            ..Default::default()
+        };
+        assert!(!r.is_success(), "tcache warm exits 1");
+        let text = super::warm_text(&r, "redis://x");
+        assert!(
+            text.starts_with("warmed redis://x: 3 scanned, 3 written"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "\n  evicted   the cache evicted 2 entries during this warm: about 3.0 MiB needed, \
+                 2.0 MiB available\n"
+            ),
+            "{text}"
+        );
+    }
+
     #[test]
     fn control_characters_are_escaped() {
         assert_eq!(super::escaped("a/b.html"), "a/b.html");

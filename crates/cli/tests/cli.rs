@@ -248,11 +248,11 @@ fn bad_backend_urls_exit_2_without_leaking_passwords() {
 fn interval_mode_stops_cleanly_on_sigterm() {
     let env = Env::new();
     let child = env
-        .cmd(&["--json", "warm", env.dir(), "--interval", "100ms"])
+        .cmd(&["--json", "warm", env.dir(), "--interval", "1s"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::thread::sleep(std::time::Duration::from_millis(2500));
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -14,7 +14,8 @@ pub async fn run(
     ns: Namespace,
     args: &CheckArgs,
 ) -> template_cache::Result<u8> {
-    let cfg = super::engine_config(cli, ns, &args.source)?;
+    let mut cfg = super::engine_config(cli, ns, &args.source)?;
+    cfg.lease.wait = args.wait_lease;
     let checker = Checker::new(Arc::clone(&backend), cfg)?;
     let mode = if args.deep {
         CheckMode::Deep

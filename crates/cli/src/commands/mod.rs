@@ -43,6 +43,7 @@ pub fn engine_config(
     cfg.throttle.templates_per_second = s.rate;
     cfg.throttle.bytes_per_second = s.byte_rate;
     // Every number was range-checked when the command line was parsed (`args.rs`).
+    cfg.lease.ttl = cli.lease_ttl;
     cfg.retry = RetryPolicy {
         max_attempts: s.max_attempts,
         ..RetryPolicy::default()

@@ -17,6 +17,7 @@ pub async fn run(
     let mut cfg = super::engine_config(cli, ns, &args.source)?;
     cfg.priority = args.priority.clone();
     cfg.verify_existing = !args.trust_index;
+    cfg.lease.wait = args.wait_lease;
     let warmer = Warmer::new(Arc::clone(&backend), cfg)?;
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone());

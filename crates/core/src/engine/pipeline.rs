@@ -50,6 +50,7 @@ impl Ctx {
     pub fn new(backend: Arc<dyn CacheBackend>, config: EngineConfig) -> Result<Self> {
         let limiters = Limiters::new(&config.throttle)?;
         config.lease.validate()?;
+        config.retry.validate()?;
         let source = Source::new(config.source)?;
         Ok(Ctx {
             cache: Cache::new(backend),
