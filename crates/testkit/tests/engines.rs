@@ -330,7 +330,7 @@ async fn missing_root_and_bad_settings_are_clear_errors() {
         Warmer::new(m, bad)
             .unwrap_err()
             .to_string()
-            .contains("rate limit")
+            .contains("templates_per_second")
     );
 }
 

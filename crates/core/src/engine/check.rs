@@ -1,8 +1,8 @@
 //! The consistency checker: compares tree and cache in both directions.
 //!
-//! A check runs in phases, each a function over one [`Findings`]: scan ‖ load index, hash,
+//! A check runs in phases, each a function over one `Findings`: scan ‖ load index, hash,
 //! compare with the index, confirm existence, verify fetched entries, classify orphans. The
-//! result is a [`CheckReport`] carrying the [`Plan`] that [`super::resolve`] acts on.
+//! result is a [`CheckReport`] carrying the `Plan` that [`super::resolve`] acts on.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

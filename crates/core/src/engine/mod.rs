@@ -1,7 +1,7 @@
 //! The two engines and what they share.
 //!
 //! [`warm`] writes new and changed templates; [`check`] compares tree and cache both ways and
-//! [`resolve`] repairs what it found. Both run on [`pipeline`] (retries, chunked backend calls,
+//! [`resolve`] repairs what it found. Both run on `pipeline` (retries, chunked backend calls,
 //! the mark–write–confirm write protocol) under [`throttle`] limits, and return [`report`]s.
 //! [`schedule`] runs checks periodically inside time windows. Every write happens under the
 //! namespace write [`lease`].
