@@ -202,26 +202,7 @@ impl RedisBackend {
                 .arg(pattern)
                 .arg("COUNT")
                 .arg(SCAN_COUNT);
-            let (next, page): (u64, Vec<String>) = match (target, &self.conn) {
-                (Some((host, port)), Conn::Cluster(c)) => {
-                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                        host: host.to_owned(),
-                        port,
-                    });
-                    let v: Value = c
-                        .clone()
-                        .route_command(cmd, routing)
-                        .await
-                        .map_err(|e| convert(e, &self.describe, "SCAN"))?;
-                    redis::from_redis_value(v).map_err(|e| {
-                        Error::new(
-                            ErrorKind::Unexpected,
-                            format!("{}: SCAN reply: {e}", self.describe),
-                        )
-                    })?
-                }
-                _ => self.query(&cmd, "SCAN").await?,
-            };
+            let (next, page): (u64, Vec<String>) = self.query_at(&cmd, target, "SCAN").await?;
             keys.extend(page);
             cursor = next;
             if cursor == 0 {
@@ -620,26 +601,35 @@ impl RedisBackend {
     async fn info(&self, section: &str, target: Option<(&str, u16)>) -> Result<String> {
         let mut cmd = redis::cmd("INFO");
         cmd.arg(section);
-        match (target, &self.conn) {
-            (Some((host, port)), Conn::Cluster(c)) => {
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                    host: host.to_owned(),
-                    port,
-                });
-                let v: Value = c
-                    .clone()
-                    .route_command(cmd, routing)
-                    .await
-                    .map_err(|e| convert(e, &self.describe, "INFO"))?;
-                redis::from_redis_value(v).map_err(|e| {
-                    Error::new(
-                        ErrorKind::Unexpected,
-                        format!("{}: INFO reply: {e}", self.describe),
-                    )
-                })
-            }
-            _ => self.query(&cmd, "INFO").await,
-        }
+        self.query_at(&cmd, target, "INFO").await
+    }
+
+    /// Runs `cmd` on the cluster node at `target`, or as usual (without a target, or on a
+    /// single server).
+    async fn query_at<T: FromRedisValue>(
+        &self,
+        cmd: &Cmd,
+        target: Option<(&str, u16)>,
+        what: &str,
+    ) -> Result<T> {
+        let (Some((host, port)), Conn::Cluster(c)) = (target, &self.conn) else {
+            return self.query(cmd, what).await;
+        };
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+            host: host.to_owned(),
+            port,
+        });
+        let v: Value = c
+            .clone()
+            .route_command(cmd.clone(), routing)
+            .await
+            .map_err(|e| convert(e, &self.describe, what))?;
+        redis::from_redis_value(v).map_err(|e| {
+            Error::new(
+                ErrorKind::Unexpected,
+                format!("{}: {what} reply: {e}", self.describe),
+            )
+        })
     }
 
     /// Warns when the server may evict the index and entries whenever memory runs out.
