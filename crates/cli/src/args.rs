@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The backend used when neither `--backend` nor `TCACHE_BACKEND` is given.
 pub const DEFAULT_BACKEND: &str = "sled://.tcache";
@@ -31,11 +31,16 @@ pub const MAX_ATTEMPTS_RANGE: (u64, u64) = (1, 100);
 pub const MAX_TEMPLATE_SIZE_RANGE: (u64, u64) = (1, 1024 * 1024 * 1024);
 /// `--max-delete` (0: no deletion at all).
 pub const MAX_DELETE_RANGE: (u64, u64) = (0, 1_000_000_000);
+/// `--max-change` (0: no write at all).
+pub const MAX_CHANGE_RANGE: (u64, u64) = (0, 1_000_000_000);
 /// `--lease-ttl`: the range the engines accept.
 pub const LEASE_TTL_RANGE: (Duration, Duration) = template_cache::LeaseConfig::TTL_RANGE;
 /// `--wait-lease`: from 1 s to a day.
 pub const WAIT_LEASE_RANGE: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(86_400));
+
+/// Every subcommand's name (`tcache man COMMAND`).
+pub const SUBCOMMANDS: [&str; 6] = ["warm", "check", "get", "list", "completions", "man"];
 
 /// A parser of durations from `min` to `max` (`500ms`, `30s`, `5m`, `1h`).
 fn duration_in(
@@ -110,7 +115,7 @@ pub struct Cli {
     /// More logging on stderr (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// Only errors on stderr, no progress bar.
+    /// Only errors on stderr, no progress display.
     #[arg(short, long, global = true)]
     pub quiet: bool,
     /// Where file fingerprints persist between runs [default: $XDG_CACHE_HOME/tcache or
@@ -138,6 +143,33 @@ pub enum Command {
     },
     /// List the template names in the cache's index.
     List,
+    /// Print a shell completion script to stdout (e.g. `tcache completions bash >
+    /// /etc/bash_completion.d/tcache`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print a man page (roff) to stdout: tcache(1), or tcache-COMMAND(1) of a subcommand
+    /// (`tcache man | man -l -`).
+    Man {
+        /// A subcommand: its own page.
+        #[arg(value_parser = SUBCOMMANDS)]
+        command: Option<String>,
+    },
+}
+
+/// A kind of inconsistency `check --fix` can resolve.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FixKind {
+    /// Write templates missing from the cache.
+    Missing,
+    /// Rewrite outdated entries.
+    Outdated,
+    /// Rewrite corrupt entries from their file, or delete them if the file is gone.
+    Corrupt,
+    /// Delete orphaned entries.
+    Orphaned,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -189,6 +221,17 @@ pub struct WarmArgs {
     /// Wait up to DURATION (1s to 1d) for another writer's write lease instead of exiting 4.
     #[arg(long, value_name = "DURATION", value_parser = duration_in(WAIT_LEASE_RANGE.0, WAIT_LEASE_RANGE.1))]
     pub wait_lease: Option<Duration>,
+    /// After warming, delete orphaned entries (templates whose file is gone), behind the same
+    /// thresholds as `check --fix`; refused (exit 3, nothing deleted) when they are exceeded
+    /// or the directory has no template.
+    #[arg(long)]
+    pub prune: bool,
+    /// With --prune: refuse if more than N entries would be deleted (0 to 1000000000).
+    #[arg(long, allow_negative_numbers = true, value_name = "N", requires = "prune", value_parser = count_in::<usize>(MAX_DELETE_RANGE))]
+    pub max_delete: Option<usize>,
+    /// With --prune: refuse if more than this fraction of entries would be deleted (0 to 1).
+    #[arg(long, allow_negative_numbers = true, value_name = "F", default_value_t = 0.25, requires = "prune", value_parser = ratio)]
+    pub max_delete_ratio: f64,
 }
 
 #[derive(Args, Debug)]
@@ -210,9 +253,26 @@ pub struct CheckArgs {
     /// With --fix: refuse if more than this fraction of entries would be deleted (0 to 1).
     #[arg(long, allow_negative_numbers = true, value_name = "F", default_value_t = 0.25, requires = "fix", value_parser = ratio)]
     pub max_delete_ratio: f64,
-    /// With --fix: keep orphaned entries.
-    #[arg(long, requires = "fix")]
+    /// With --fix: keep orphaned entries (the same as --fix-only missing,outdated,corrupt).
+    #[arg(long, requires = "fix", conflicts_with = "fix_only")]
     pub keep_orphans: bool,
+    /// With --fix: resolve only these kinds of inconsistency (comma-separated: missing,
+    /// outdated, corrupt, orphaned); the others are left as they are [default: all].
+    #[arg(
+        long,
+        value_enum,
+        value_name = "KIND,...",
+        value_delimiter = ',',
+        requires = "fix"
+    )]
+    pub fix_only: Vec<FixKind>,
+    /// With --fix: refuse if more than N entries would be written (0 to 1000000000).
+    #[arg(long, allow_negative_numbers = true, value_name = "N", requires = "fix", value_parser = count_in::<usize>(MAX_CHANGE_RANGE))]
+    pub max_change: Option<usize>,
+    /// With --fix: refuse if more than this fraction of the entries would be written (0 to 1;
+    /// not applied while the cache has no entry).
+    #[arg(long, allow_negative_numbers = true, value_name = "F", requires = "fix", value_parser = ratio)]
+    pub max_change_ratio: Option<f64>,
     /// With --fix: wait up to DURATION (1s to 1d) for another writer's write lease instead of
     /// exiting 4.
     #[arg(long, value_name = "DURATION", requires = "fix", value_parser = duration_in(WAIT_LEASE_RANGE.0, WAIT_LEASE_RANGE.1))]
@@ -239,6 +299,11 @@ mod tests {
             assert!(n(bad).unwrap_err().contains("from 1 to 1024"), "{bad}");
         }
         assert_eq!(count_in::<usize>(MAX_DELETE_RANGE)("0"), Ok(0));
+        assert_eq!(
+            count_in::<usize>(MAX_CHANGE_RANGE)("1000000000"),
+            Ok(1_000_000_000)
+        );
+        assert!(count_in::<usize>(MAX_CHANGE_RANGE)("1000000001").is_err());
         for bad in ["0", "-1", "inf", "NaN", "1e999", "x"] {
             assert!(rate(bad).is_err(), "{bad}");
         }
@@ -253,5 +318,58 @@ mod tests {
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_is_named() {
+        use clap::CommandFactory;
+        let names: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .collect();
+        assert_eq!(names, SUBCOMMANDS);
+    }
+
+    #[test]
+    fn fix_kinds_are_comma_separated() {
+        let cli = Cli::try_parse_from([
+            "tcache",
+            "check",
+            "dir",
+            "--fix",
+            "--fix-only",
+            "missing,orphaned",
+            "--fix-only",
+            "corrupt",
+        ])
+        .map_err(|e| e.to_string());
+        let args = match cli {
+            Ok(Cli {
+                command: Command::Check(args),
+                ..
+            }) => args,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            args.fix_only,
+            [FixKind::Missing, FixKind::Orphaned, FixKind::Corrupt]
+        );
+        for bad in [
+            &["tcache", "check", "dir", "--fix-only", "missing"][..],
+            &["tcache", "check", "dir", "--fix", "--fix-only", "stale"],
+            &[
+                "tcache",
+                "check",
+                "dir",
+                "--fix",
+                "--keep-orphans",
+                "--fix-only",
+                "missing",
+            ],
+            &["tcache", "check", "dir", "--max-change", "3"],
+            &["tcache", "warm", "dir", "--max-delete", "3"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
     }
 }

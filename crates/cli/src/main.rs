@@ -3,18 +3,23 @@
 //! Exit codes: 0 success / consistent; 1 inconsistencies found (check) or templates failed
 //! (warm); 2 usage, configuration or fatal error; 3 a resolution refused by a safety threshold;
 //! 4 the namespace is busy (another writer holds its write lease).
+//!
+//! Conventions: progress only on a terminal (stderr); no color when `NO_COLOR` is set (to
+//! anything but the empty string) or stderr is not a terminal; a reader closing the pipe early
+//! (`tcache list | head`) ends the output quietly.
 
 mod args;
 mod commands;
 mod output;
 mod progress;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use clap::Parser;
 use template_cache::url::{BackendUrl, Secrets};
-use template_cache::{Error, ErrorKind, Namespace};
+use template_cache::{CacheBackend, Error, ErrorKind, Namespace};
 
 use crate::args::{Cli, Command, PASSWORD_ENV};
 
@@ -67,12 +72,12 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
             let styled = e.render();
-            let text = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            let text = if stderr_in_color() {
                 styled.ansi().to_string()
             } else {
                 styled.to_string()
             };
-            eprint!("{}", scrubbed(&text));
+            output::eprint(scrubbed(&text).trim_end_matches('\n'));
             return ExitCode::from(EXIT_FATAL);
         }
         Err(e) => {
@@ -88,7 +93,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("tcache: cannot start the async runtime: {e}");
+            output::eprint(&format!("tcache: cannot start the async runtime: {e}"));
             return ExitCode::from(EXIT_FATAL);
         }
     };
@@ -108,30 +113,40 @@ fn init_logging(cli: &Cli) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| ScrubbingStderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(stderr_in_color())
         .with_target(false)
         .try_init();
 }
 
+/// Whether stderr takes color: it is a terminal and `NO_COLOR` is unset or empty
+/// (<https://no-color.org>).
+fn stderr_in_color() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Standard error with every known secret scrubbed: the log writer. The formatter writes each
-/// event whole, so a secret is never split between two writes.
+/// event whole, so a secret is never split between two writes; a progress bar on screen is
+/// cleared while a line is written. A closed stderr (`tcache -v list 2>&1 | head`) drops log
+/// lines: there is nowhere left to report it, and the formatter would print (and panic on)
+/// the failure to stderr itself.
 struct ScrubbingStderr;
 
 impl std::io::Write for ScrubbingStderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
-        std::io::stderr().write_all(scrubbed(&text).as_bytes())?;
+        progress::suspended(|| std::io::stderr().write_all(scrubbed(&text).as_bytes()))?;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
+        let _ = std::io::stderr().flush();
+        Ok(())
     }
 }
 
 /// Runs the command and turns an error into its report and exit code.
 async fn run(cli: Cli) -> u8 {
-    match dispatch(&cli).await {
+    let code = match dispatch(&cli).await {
         Ok(code) => code,
         Err(e) => {
             let report = scrubbed(&e.to_report_string());
@@ -140,26 +155,53 @@ async fn run(cli: Cli) -> u8 {
                     &serde_json::json!({ "error": report, "kind": e.kind().as_str() }),
                 );
             }
-            eprintln!("tcache: {report}");
+            output::eprint(&format!("tcache: {report}"));
             match e.kind() {
                 ErrorKind::Refused => EXIT_REFUSED,
                 ErrorKind::Conflict => EXIT_BUSY,
                 _ => EXIT_FATAL,
             }
         }
+    };
+    // A closed pipe is the reader's choice; any other failure to write the output is not.
+    match output::stdout_error() {
+        Some(e) => {
+            output::eprint(&format!("tcache: writing to stdout: {e}"));
+            EXIT_FATAL
+        }
+        None => code,
     }
 }
 
 async fn dispatch(cli: &Cli) -> template_cache::Result<u8> {
+    match &cli.command {
+        Command::Warm(args) => {
+            let (backend, ns) = connect(cli).await?;
+            commands::warm::run(cli, backend, ns, args).await
+        }
+        Command::Check(args) => {
+            let (backend, ns) = connect(cli).await?;
+            commands::check::run(cli, backend, ns, args).await
+        }
+        Command::Get { name } => {
+            let (backend, ns) = connect(cli).await?;
+            commands::get::run(cli, backend, ns, name).await
+        }
+        Command::List => {
+            let (backend, ns) = connect(cli).await?;
+            commands::list::run(cli, backend, ns).await
+        }
+        Command::Completions { shell } => commands::docs::completions(*shell),
+        Command::Man { command } => commands::docs::man(command.as_deref()),
+    }
+}
+
+/// The namespace and the opened backend of a command that uses the cache.
+async fn connect(cli: &Cli) -> template_cache::Result<(Arc<dyn CacheBackend>, Namespace)> {
     let namespace = Namespace::new(&cli.namespace).map_err(|e| e.context("--namespace"))?;
     let url = backend_url(cli)?;
     let backend = template_cache::open(&url).await?;
-    match &cli.command {
-        Command::Warm(args) => commands::warm::run(cli, backend, namespace, args).await,
-        Command::Check(args) => commands::check::run(cli, backend, namespace, args).await,
-        Command::Get { name } => commands::get::run(cli, backend, namespace, name).await,
-        Command::List => commands::list::run(cli, backend, namespace).await,
-    }
+    Ok((backend, namespace))
 }
 
 /// The backend URL, with the password from `TCACHE_BACKEND_PASSWORD` or

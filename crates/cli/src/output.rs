@@ -1,6 +1,58 @@
 //! Printing reports: readable text, or exactly one JSON object on stdout.
+//!
+//! Everything goes through [`print`] and [`eprint`]: a reader that closes the pipe early
+//! (`tcache list | head`) stops the output quietly (no panic, no "Broken pipe" message; the exit
+//! code stays the command's own), and any other error writing stdout (a full disk) fails the
+//! run with exit 2 ([`stdout_error`]).
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use template_cache::{CheckReport, Error, ResolveReport, WarmReport};
+
+/// Set once writing stdout failed: everything after is dropped.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+/// The first error writing stdout other than a closed pipe.
+static STDOUT_ERROR: Mutex<Option<String>> = Mutex::new(None);
+
+/// Writes `bytes` to stdout. Once the reader has gone (a broken pipe), this and every later
+/// write are dropped quietly; another error is kept for [`stdout_error`].
+pub fn print_bytes(bytes: &[u8]) {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe
+            && let Ok(mut first) = STDOUT_ERROR.lock()
+        {
+            first.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// Writes `text` to stdout (see [`print_bytes`]).
+pub fn print(text: &str) {
+    print_bytes(text.as_bytes());
+}
+
+/// The error that stopped output to stdout, unless it was the reader closing the pipe.
+pub fn stdout_error() -> Option<String> {
+    STDOUT_ERROR.lock().ok().and_then(|e| e.clone())
+}
+
+/// Writes `text` and a newline to stderr, around the progress display; an error (stderr
+/// closed) is ignored: there is nowhere left to report it.
+pub fn eprint(text: &str) {
+    let line = format!("{text}\n");
+    crate::progress::suspended(|| {
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(line.as_bytes()).and_then(|()| err.flush());
+    });
+}
 
 /// `text` with control characters escaped (`\n`, `\u{1b}`), so that a hostile file name
 /// cannot forge lines or terminal sequences in human output.
@@ -23,22 +75,42 @@ pub fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
 
 /// Prints `value` as one line of JSON on stdout.
 pub fn print_json(value: &serde_json::Value) {
-    println!("{value}");
+    print(&format!("{value}\n"));
 }
 
-/// Prints a warm report.
-pub fn warm(json: bool, r: &WarmReport, backend: &str) {
+/// Prints a warm report and, with `--prune`, what the prune did (or why it was refused).
+pub fn warm(
+    json: bool,
+    r: &WarmReport,
+    prune: Option<&Result<ResolveReport, Error>>,
+    backend: &str,
+) {
     if json {
-        print_json(&serde_json::to_value(r).unwrap_or_default());
+        let mut v = serde_json::to_value(r).unwrap_or_default();
+        if let (Some(prune), Some(obj)) = (prune, v.as_object_mut()) {
+            let prune_value = match prune {
+                Ok(p) => serde_json::json!({
+                    "deleted": p.deleted, "refused": null, "failed": p.failed,
+                }),
+                Err(e) => serde_json::json!({
+                    "deleted": 0, "refused": e.to_report_string(), "failed": [],
+                }),
+            };
+            obj.insert("prune".into(), prune_value);
+        }
+        print_json(&v);
         return;
     }
-    print!("{}", warm_text(r, backend));
+    print(&warm_text(r, prune, backend));
 }
 
 /// The human form of a warm report: a summary line, then one line per failure and one for
-/// evictions during the run.
-fn warm_text(r: &WarmReport, backend: &str) -> String {
-    use std::fmt::Write as _;
+/// evictions during the run; then what the prune did.
+fn warm_text(
+    r: &WarmReport,
+    prune: Option<&Result<ResolveReport, Error>>,
+    backend: &str,
+) -> String {
     let mut out = format!(
         "warmed {backend}: {} scanned, {} written, {} unchanged, {} failed, {} bytes written, {} files hashed, {} ms{}\n",
         r.scanned,
@@ -61,6 +133,28 @@ fn warm_text(r: &WarmReport, backend: &str) -> String {
     }
     if let Some(warning) = &r.eviction_warning {
         let _ = writeln!(out, "  evicted   {}", escaped(warning));
+    }
+    match prune {
+        None => {}
+        Some(Ok(p)) => {
+            let _ = writeln!(
+                out,
+                "pruned: {} orphaned entries deleted, {} failed",
+                p.deleted,
+                p.failed.len()
+            );
+            for e in &p.failed {
+                let _ = writeln!(
+                    out,
+                    "  failed    {}: {}",
+                    escaped(&e.name),
+                    escaped(&e.error)
+                );
+            }
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(out, "prune refused, nothing was deleted: {}", e.message());
+        }
     }
     out
 }
@@ -87,11 +181,23 @@ pub fn check(
         print_json(&v);
         return;
     }
+    print(&check_text(r, fix, backend));
+}
+
+/// The human form of a check report: a summary line, one line per inconsistency and error,
+/// then the resolution's summary and failures.
+fn check_text(
+    r: &CheckReport,
+    fix: Option<&Result<ResolveReport, Error>>,
+    backend: &str,
+) -> String {
+    let mut out = String::new();
     let mode = match r.mode {
         template_cache::CheckMode::Quick => "quick",
         template_cache::CheckMode::Deep => "deep",
     };
-    println!(
+    let _ = writeln!(
+        out,
         "{mode} check of {backend}: {} files, {} entries, {} ms: {}",
         r.files,
         r.entries,
@@ -112,16 +218,22 @@ pub fn check(
         ("corrupt", &r.corrupt),
     ] {
         for n in names {
-            println!("  {kind:<9} {}", escaped(n));
+            let _ = writeln!(out, "  {kind:<9} {}", escaped(n));
         }
     }
     for e in &r.errors {
-        println!("  error     {}: {}", escaped(&e.name), escaped(&e.error));
+        let _ = writeln!(
+            out,
+            "  error     {}: {}",
+            escaped(&e.name),
+            escaped(&e.error)
+        );
     }
     match fix {
         None => {}
         Some(Ok(f)) => {
-            println!(
+            let _ = writeln!(
+                out,
                 "{}: {} added, {} updated, {} repaired, {} deleted, {} failed",
                 if f.dry_run {
                     "dry run, would have"
@@ -135,11 +247,19 @@ pub fn check(
                 f.failed.len()
             );
             for e in &f.failed {
-                println!("  failed    {}: {}", escaped(&e.name), escaped(&e.error));
+                let _ = writeln!(
+                    out,
+                    "  failed    {}: {}",
+                    escaped(&e.name),
+                    escaped(&e.error)
+                );
             }
         }
-        Some(Err(e)) => println!("fix refused, nothing was changed: {}", e.message()),
+        Some(Err(e)) => {
+            let _ = writeln!(out, "fix refused, nothing was changed: {}", e.message());
+        }
     }
+    out
 }
 
 #[cfg(test)]
@@ -156,7 +276,7 @@ mod tests {
             ..Default::default()
         };
         assert!(!r.is_success(), "tcache warm exits 1");
-        let text = super::warm_text(&r, "redis://x");
+        let text = super::warm_text(&r, None, "redis://x");
         assert!(
             text.starts_with("warmed redis://x: 3 scanned, 3 written"),
             "{text}"

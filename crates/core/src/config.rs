@@ -30,12 +30,30 @@ pub struct EngineConfig {
     pub lease: LeaseConfig,
 }
 
-/// Receives progress of an engine run: phases with a known amount of work, and advances.
+/// Receives progress of an engine run: phases, and advances within the current phase.
+///
+/// The engines announce these phases, one at a time, in this order where they apply:
+/// `"scanning"` (the tree walk; its total is unknown, see [`Self::phase_unknown_total`]),
+/// `"hashing"` (files whose fingerprint changed), `"checking"` (a check confirming that entries
+/// exist), `"verifying"` (a check fetching and verifying entries), `"listing"` (a check listing
+/// the cache's keys; unknown total), `"deleting"` and `"writing"`. A phase may have no item at
+/// all. A receiver may see another run's phases after [`Self::finish`] (a periodic warm, or a
+/// check followed by its resolution).
 pub trait Progress: Send + Sync {
-    /// A phase (`"hashing"`, `"writing"`, `"verifying"`) of `total` items starts.
+    /// A phase of `total` items starts.
     fn phase(&self, name: &'static str, total: u64);
+    /// A phase whose amount of work is not known in advance starts (the tree walk counts the
+    /// files it finds). The default announces it as a phase of 0 items.
+    fn phase_unknown_total(&self, name: &'static str) {
+        self.phase(name, 0);
+    }
     /// `n` more items of the current phase are done.
     fn advance(&self, n: u64);
+    /// `bytes` more bytes were read, written or fetched in the current phase (reported along
+    /// with [`Self::advance`] where a phase moves template content). The default ignores them.
+    fn advance_bytes(&self, bytes: u64) {
+        let _ = bytes;
+    }
     /// The run is over.
     fn finish(&self);
 }

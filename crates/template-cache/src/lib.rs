@@ -29,3 +29,10 @@ pub mod redis {
 pub mod memcached {
     pub use template_cache_memcached::*;
 }
+
+/// Rendering minijinja templates from the cache, picking up re-warmed versions (feature
+/// `minijinja`).
+#[cfg(feature = "minijinja")]
+pub mod minijinja {
+    pub use template_cache_minijinja::*;
+}

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use template_cache::{CacheBackend, CheckMode, Checker, ErrorKind, Namespace, ResolvePolicy};
 
-use crate::args::{CheckArgs, Cli};
+use crate::args::{CheckArgs, Cli, FixKind};
 use crate::{EXIT_FOUND, EXIT_OK, EXIT_REFUSED, output};
 
 /// Runs `tcache check`.
@@ -31,13 +31,34 @@ pub async fn run(
             EXIT_FOUND
         });
     }
+    let fixes = |kind: FixKind| {
+        if args.fix_only.is_empty() {
+            !(kind == FixKind::Orphaned && args.keep_orphans)
+        } else {
+            args.fix_only.contains(&kind)
+        }
+    };
     let policy = ResolvePolicy {
-        delete_orphans: !args.keep_orphans,
+        add_missing: fixes(FixKind::Missing),
+        update_outdated: fixes(FixKind::Outdated),
+        repair_corrupt: fixes(FixKind::Corrupt),
+        delete_orphans: fixes(FixKind::Orphaned),
         dry_run: args.dry_run,
         max_delete: args.max_delete,
         max_delete_ratio: Some(args.max_delete_ratio),
+        max_change: args.max_change,
+        max_change_ratio: args.max_change_ratio,
         ..ResolvePolicy::default()
     };
+    // Kinds found but left alone by choice: the cache is not consistent afterwards.
+    let left = [
+        (FixKind::Missing, &report.missing),
+        (FixKind::Outdated, &report.outdated),
+        (FixKind::Corrupt, &report.corrupt),
+        (FixKind::Orphaned, &report.orphaned),
+    ]
+    .iter()
+    .any(|(kind, found)| !fixes(*kind) && !found.is_empty());
     let fix = checker.resolve(&report, &policy).await;
     let fix = match fix {
         Err(e) if e.kind() != ErrorKind::Refused => {
@@ -58,7 +79,7 @@ pub async fn run(
         // Inconsistencies were found (and fixed unless dry run): report them with 1 only if
         // something is left unresolved.
         Ok(f) if f.dry_run => EXIT_FOUND,
-        Ok(_) if args.keep_orphans && !report.orphaned.is_empty() => EXIT_FOUND,
+        Ok(_) if left => EXIT_FOUND,
         Ok(_) => EXIT_OK,
     })
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use template_cache::{CacheBackend, Error, ErrorKind, Namespace, TemplateReader};
+use template_cache::{CacheBackend, ErrorKind, Namespace, TemplateReader};
 
 use crate::args::Cli;
 use crate::{EXIT_FOUND, EXIT_OK, output};
@@ -25,11 +25,8 @@ pub async fn run(
                     "content": String::from_utf8_lossy(&t.content),
                 }));
             } else {
-                use std::io::Write;
-                let mut out = std::io::stdout().lock();
-                out.write_all(&t.content)
-                    .and_then(|()| out.flush())
-                    .map_err(|e| Error::new(ErrorKind::Io, format!("writing to stdout: {e}")))?;
+                // A reader that stops early (`tcache get big.html | head`) is no error.
+                output::print_bytes(&t.content);
             }
             Ok(EXIT_OK)
         }
@@ -39,7 +36,7 @@ pub async fn run(
                     &serde_json::json!({ "error": format!("template {name:?} is not in the cache"), "kind": "not found" }),
                 );
             }
-            eprintln!("tcache: template {name:?} is not in the cache");
+            output::eprint(&format!("tcache: template {name:?} is not in the cache"));
             Ok(EXIT_FOUND)
         }
         Err(e) if e.kind() == ErrorKind::Corrupt => {
@@ -48,7 +45,7 @@ pub async fn run(
                     &serde_json::json!({ "error": e.to_report_string(), "kind": "corrupt" }),
                 );
             }
-            eprintln!("tcache: {}", e.to_report_string());
+            output::eprint(&format!("tcache: {}", e.to_report_string()));
             Ok(EXIT_FOUND)
         }
         Err(e) => Err(e),

@@ -26,13 +26,13 @@ pub async fn run(
             &serde_json::json!({ "templates": names, "incomplete": !index.lost.is_empty() }),
         );
     } else {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
+        let mut text = String::with_capacity(names.iter().map(|n| n.len() + 1).sum());
         for n in names {
-            if writeln!(out, "{}", crate::output::escaped(n)).is_err() {
-                break;
-            }
+            text.push_str(&output::escaped(n));
+            text.push('\n');
         }
+        // A reader that stops early (`tcache list | head`) ends the output quietly.
+        output::print(&text);
     }
     Ok(EXIT_OK)
 }

@@ -2,6 +2,7 @@
 //! flags, and where file fingerprints persist.
 
 pub mod check;
+pub mod docs;
 pub mod get;
 pub mod list;
 pub mod warm;

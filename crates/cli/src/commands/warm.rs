@@ -1,11 +1,19 @@
-//! `tcache warm`: write new and changed templates to the cache, once or every `--interval`.
+//! `tcache warm`: write new and changed templates to the cache, once or every `--interval`;
+//! with `--prune`, then delete orphaned entries behind the thresholds of `check --fix`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use template_cache::{CacheBackend, CancellationToken, Namespace, Warmer};
+use template_cache::{
+    CacheBackend, CancellationToken, CheckMode, Checker, EngineConfig, Error, ErrorKind, Namespace,
+    ResolvePolicy, ResolveReport, Warmer,
+};
 
 use crate::args::{Cli, WarmArgs};
-use crate::{EXIT_FOUND, EXIT_OK, output};
+use crate::{EXIT_FOUND, EXIT_OK, EXIT_REFUSED, output};
+
+/// The jitter of `--interval`: each pause is the interval ± 10%.
+const JITTER: f64 = 0.1;
 
 /// Runs `tcache warm`.
 pub async fn run(
@@ -18,29 +26,108 @@ pub async fn run(
     cfg.priority = args.priority.clone();
     cfg.verify_existing = !args.trust_index;
     cfg.lease.wait = args.wait_lease;
-    let warmer = Warmer::new(Arc::clone(&backend), cfg)?;
+    let warmer = Warmer::new(Arc::clone(&backend), cfg.clone())?;
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone());
-    let Some(interval) = args.interval else {
-        let report = warmer.run_once_until(&cancel).await?;
-        output::warm(cli.json, &report, &backend.describe());
-        return Ok(if report.is_success() {
-            EXIT_OK
-        } else {
-            EXIT_FOUND
-        });
-    };
     let json = cli.json;
     let describe = backend.describe();
-    warmer
-        .run_periodic(interval, 0.1, cancel, |r| match r {
-            Ok(report) => output::warm(json, &report, &describe),
+    let Some(interval) = args.interval else {
+        let report = warmer.run_once_until(&cancel).await?;
+        let prune = if args.prune && !report.cancelled && !cancel.is_cancelled() {
+            match prune(&backend, &cfg, args).await {
+                Err(e) if e.kind() != ErrorKind::Refused => {
+                    if !json {
+                        output::warm(false, &report, None, &describe);
+                    }
+                    return Err(e.context("pruning"));
+                }
+                other => Some(other),
+            }
+        } else {
+            None
+        };
+        output::warm(json, &report, prune.as_ref(), &describe);
+        return Ok(match prune {
+            Some(Err(_)) => EXIT_REFUSED,
+            Some(Ok(p)) if !p.failed.is_empty() => EXIT_FOUND,
+            _ if !report.is_success() => EXIT_FOUND,
+            _ => EXIT_OK,
+        });
+    };
+    if !args.prune {
+        warmer
+            .run_periodic(interval, JITTER, cancel, |r| match r {
+                Ok(report) => output::warm(json, &report, None, &describe),
+                Err(e) => {
+                    tracing::error!(error = %e.to_report_string(), "warm run failed; retrying at the next interval");
+                }
+            })
+            .await;
+        return Ok(EXIT_OK);
+    }
+    // Warm then prune, every interval, until interrupted.
+    loop {
+        match warmer.run_once_until(&cancel).await {
+            Ok(report) => {
+                let pruned = if cancel.is_cancelled() {
+                    None
+                } else {
+                    match prune(&backend, &cfg, args).await {
+                        Err(e) if e.kind() != ErrorKind::Refused => {
+                            tracing::error!(error = %e.to_report_string(), "prune failed; retrying at the next interval");
+                            None
+                        }
+                        other => Some(other),
+                    }
+                };
+                output::warm(json, &report, pruned.as_ref(), &describe);
+            }
             Err(e) => {
                 tracing::error!(error = %e.to_report_string(), "warm run failed; retrying at the next interval");
             }
-        })
-        .await;
-    Ok(EXIT_OK)
+        }
+        if cancel.is_cancelled() {
+            return Ok(EXIT_OK);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(EXIT_OK),
+            _ = tokio::time::sleep(jittered(interval)) => {}
+        }
+    }
+}
+
+/// Deletes orphaned entries: a quick check (after the warm: fingerprints are fresh), then a
+/// resolution that only deletes orphans, behind `--max-delete`, `--max-delete-ratio` and the
+/// empty-tree refusal, exactly as `check --fix` would (a refusal changes nothing).
+async fn prune(
+    backend: &Arc<dyn CacheBackend>,
+    cfg: &EngineConfig,
+    args: &WarmArgs,
+) -> Result<ResolveReport, Error> {
+    let checker = Checker::new(Arc::clone(backend), cfg.clone())?;
+    let report = checker.check(CheckMode::Quick).await?;
+    let policy = ResolvePolicy {
+        add_missing: false,
+        update_outdated: false,
+        repair_corrupt: false,
+        delete_orphans: true,
+        dry_run: false,
+        max_delete: args.max_delete,
+        max_delete_ratio: Some(args.max_delete_ratio),
+        max_change: None,
+        max_change_ratio: None,
+        allow_empty_source: false,
+    };
+    checker.resolve(&report, &policy).await
+}
+
+/// `interval` ± [`JITTER`], so that warmers started together spread out.
+fn jittered(interval: Duration) -> Duration {
+    use std::hash::BuildHasher;
+    // A fresh randomly keyed hasher is random enough to spread pauses.
+    let r = std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now());
+    let unit = (r >> 11) as f64 / (1u64 << 53) as f64;
+    interval.mul_f64(1.0 + JITTER * (2.0 * unit - 1.0))
 }
 
 /// Cancels `token` on SIGINT or SIGTERM; a second signal exits at once.

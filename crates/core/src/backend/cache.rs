@@ -147,29 +147,29 @@ impl Cache {
         }
         // Template entries and index records go in separate calls, each with its expiry.
         let (mut start, mut bytes) = (0, 0usize);
-        let max_bytes = self.caps.batch_max_bytes.unwrap_or(usize::MAX);
+        let (max_keys, max_bytes) = (
+            self.batch_keys(),
+            self.caps.batch_max_bytes.unwrap_or(usize::MAX),
+        );
+        let mut expiry = entries.first().map_or(Expiry::Never, |(k, _)| expiry_of(k));
         for (i, (key, value)) in entries.iter().enumerate() {
             let size = key.len() + value.len();
-            let expiry_changes = i > start && expiry_of(&entries[i - 1].0) != expiry_of(key);
+            let this = expiry_of(key);
             if i > start
-                && (i - start >= self.batch_keys()
+                && (i - start >= max_keys
                     || bytes.saturating_add(size) > max_bytes
-                    || expiry_changes)
+                    || this != expiry)
             {
-                self.set_chunk(&entries[start..i]).await?;
+                self.backend.set_many(&entries[start..i], expiry).await?;
                 (start, bytes) = (i, 0);
             }
+            expiry = this;
             bytes = bytes.saturating_add(size);
         }
         if start < entries.len() {
-            self.set_chunk(&entries[start..]).await?;
+            self.backend.set_many(&entries[start..], expiry).await?;
         }
         Ok(())
-    }
-
-    async fn set_chunk(&self, chunk: &[(String, Bytes)]) -> Result<()> {
-        let expiry = chunk.first().map_or(Expiry::Never, |(k, _)| expiry_of(k));
-        self.backend.set_many(chunk, expiry).await
     }
 
     /// Every key starting with `prefix`; [`ErrorKind::Unsupported`] unless the backend lists.

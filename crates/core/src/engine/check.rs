@@ -106,7 +106,7 @@ impl Checker {
         let started = Instant::now();
         let ctx = &self.ctx;
         // The walk runs on the blocking pool while the index is read.
-        let (scan, index) = tokio::join!(ctx.source.scan(), ctx.load_index());
+        let (scan, index) = tokio::join!(ctx.scan(), ctx.load_index());
         let scan = scan?;
         let (index, index_exists) = index?;
         let mut found = Findings {
@@ -176,7 +176,8 @@ impl Checker {
     async fn confirm_existence(&self, files: &[&SourceFile], found: &mut Findings) {
         let ns = &self.ctx.namespace;
         let keys: Vec<String> = files.iter().map(|f| ns.key_for(&f.name)).collect();
-        for (range, r) in self.ctx.exists_chunked(&keys, true).await {
+        self.ctx.phase("checking", keys.len());
+        for (range, r) in self.ctx.exists_chunked(&keys, true, true).await {
             let files = &files[range];
             match r {
                 Ok(exists) => {
@@ -208,7 +209,6 @@ impl Checker {
         ctx.phase("verifying", keys.len());
         for (range, r) in ctx.get_chunked(&keys).await {
             let files = &files[range];
-            ctx.advance(files.len());
             let values = match r {
                 Ok(v) => v,
                 Err(e) => {
@@ -271,6 +271,7 @@ impl Checker {
             return Ok(());
         }
         let prefix = ns.prefix();
+        ctx.phase_unknown_total("listing");
         let (r, _) = ctx.retry.run(|| ctx.cache.list_keys(&prefix)).await;
         let listed: Vec<String> = r
             .map_err(|e| e.context("listing cache keys"))?
@@ -283,6 +284,7 @@ impl Checker {
             .into_iter()
             .filter(|k| !known_keys.contains(k))
             .collect();
+        ctx.phase("verifying", unknown.len());
         for (range, r) in ctx.get_chunked(&unknown).await {
             let keys = &unknown[range];
             let values = match r {

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::format::key::{ContentHash, Namespace};
 use crate::format::record::Record;
 use crate::index::{IndexChanges, IndexEntry, IndexSnapshot};
-use crate::source::scan::SourceFile;
+use crate::source::scan::{Scan, SourceFile};
 use crate::source::{Loaded, Source};
 
 /// Everything an engine run needs: backend, namespace, source and load limits.
@@ -72,11 +72,40 @@ impl Ctx {
         }
     }
 
+    /// Announces a phase whose amount of work is unknown in advance.
+    pub fn phase_unknown_total(&self, name: &'static str) {
+        if let Some(p) = &self.progress {
+            p.0.phase_unknown_total(name);
+        }
+    }
+
     /// Reports `n` items done.
     pub fn advance(&self, n: usize) {
         if let Some(p) = &self.progress {
             p.0.advance(n as u64);
         }
+    }
+
+    /// Reports `bytes` more bytes moved in the current phase.
+    pub fn advance_bytes(&self, bytes: u64) {
+        if let Some(p) = &self.progress
+            && bytes > 0
+        {
+            p.0.advance_bytes(bytes);
+        }
+    }
+
+    /// Walks the template tree as the `"scanning"` phase, counting the files found.
+    pub async fn scan(&self) -> Result<Scan> {
+        self.phase_unknown_total("scanning");
+        let progress = self.progress.clone();
+        self.source
+            .scan_counting(move |n| {
+                if let Some(p) = &progress {
+                    p.0.advance(n);
+                }
+            })
+            .await
     }
 
     /// Ends progress reporting.
@@ -179,15 +208,19 @@ impl Ctx {
 
     /// Runs `op` over `keys` in chunks, `concurrency` chunks at a time, with retries; returns the
     /// per-chunk results in input order. With `rate_limited`, each key counts against the
-    /// templates-per-second limit (checks and resolutions are throttled like warms).
+    /// templates-per-second limit (checks and resolutions are throttled like warms). With
+    /// `report`, each finished chunk advances the current progress phase by its keys and the
+    /// bytes it fetched.
     pub async fn chunked<T, F, Fut>(
         &self,
         keys: &[String],
         chunk: usize,
         rate_limited: bool,
+        report: bool,
         op: F,
     ) -> Vec<(std::ops::Range<usize>, Result<Vec<T>>)>
     where
+        T: Weight,
         F: Fn(Vec<String>) -> Fut + Clone,
         Fut: std::future::Future<Output = Result<Vec<T>>>,
     {
@@ -205,6 +238,12 @@ impl Ctx {
                         self.limiters.admit(slice.len(), 0).await;
                     }
                     let (r, _) = self.retry.run(|| op(slice.clone())).await;
+                    if report {
+                        self.advance(range.len());
+                        if let Ok(values) = &r {
+                            self.advance_bytes(values.iter().map(Weight::bytes).sum());
+                        }
+                    }
                     (range, r)
                 }
             })
@@ -218,22 +257,24 @@ impl Ctx {
         &self,
         keys: &[String],
         rate_limited: bool,
+        report: bool,
     ) -> Vec<(std::ops::Range<usize>, Result<Vec<bool>>)> {
         let cache = self.cache.clone();
-        self.chunked(keys, self.key_chunk(), rate_limited, move |k| {
+        self.chunked(keys, self.key_chunk(), rate_limited, report, move |k| {
             let c = cache.clone();
             async move { c.exists_many(&k).await }
         })
         .await
     }
 
-    /// [`Self::chunked`] over [`Cache::get_many`], rate limited, in chunks of [`Self::chunk`].
+    /// [`Self::chunked`] over [`Cache::get_many`], rate limited and reported as progress, in
+    /// chunks of [`Self::chunk`].
     pub async fn get_chunked(
         &self,
         keys: &[String],
     ) -> Vec<(std::ops::Range<usize>, Result<Vec<Option<Bytes>>>)> {
         let cache = self.cache.clone();
-        self.chunked(keys, self.chunk(), true, move |k| {
+        self.chunked(keys, self.chunk(), true, true, move |k| {
             let c = cache.clone();
             async move { c.get_many(&k).await }
         })
@@ -269,6 +310,13 @@ impl Ctx {
             .buffer_unordered(self.throttle.concurrency.min(4));
         while let Some(results) = stream.next().await {
             self.advance(results.len());
+            self.advance_bytes(
+                results
+                    .iter()
+                    .filter_map(|(_, r)| r.as_ref().ok())
+                    .map(|l| l.content.len() as u64)
+                    .sum(),
+            );
             for (f, r) in results {
                 match r {
                     Ok(l) => {
@@ -313,6 +361,7 @@ impl Ctx {
         };
         self.update_index(&pending).await?;
 
+        self.phase("writing", files.len());
         let groups = batches(
             files,
             self.throttle.batch_max_templates.min(self.chunk()),
@@ -325,6 +374,7 @@ impl Ctx {
             .buffer_unordered(self.throttle.concurrency);
         while let Some(b) = stream.next().await {
             self.advance(b.written.len() + b.failed.len());
+            self.advance_bytes(b.bytes);
             out.written.extend(b.written);
             out.failed.extend(b.failed);
             out.bytes += b.bytes;
@@ -435,6 +485,24 @@ impl Ctx {
             }
         }
         out
+    }
+}
+
+/// The bytes a backend call's result for one key carries, for progress.
+pub(crate) trait Weight {
+    /// Bytes transferred (none by default: existence checks, deletions).
+    fn bytes(&self) -> u64 {
+        0
+    }
+}
+
+impl Weight for bool {}
+
+impl Weight for () {}
+
+impl Weight for Option<Bytes> {
+    fn bytes(&self) -> u64 {
+        self.as_ref().map_or(0, |b| b.len() as u64)
     }
 }
 

@@ -163,8 +163,11 @@ impl Checker {
         let keys: Vec<String> = deletes.iter().map(|d| d.key.clone()).collect();
         let cache = ctx.cache.clone();
         let mut removals = Vec::new();
+        if !keys.is_empty() {
+            ctx.phase("deleting", keys.len());
+        }
         for (range, r) in ctx
-            .chunked(&keys, ctx.key_chunk(), true, move |k| {
+            .chunked(&keys, ctx.key_chunk(), true, true, move |k| {
                 let c = cache.clone();
                 async move { c.delete_many(&k).await.map(|()| Vec::<()>::new()) }
             })

@@ -97,7 +97,7 @@ impl Warmer {
         let started = Instant::now();
         let hashed_before = self.ctx.source.files_hashed();
         // The walk runs on the blocking pool while the index is read and verified.
-        let (scan, indexed) = tokio::join!(self.ctx.source.scan(), self.verified_index());
+        let (scan, indexed) = tokio::join!(self.ctx.scan(), self.verified_index());
         let scan = scan?;
         let (index, evicted) = indexed?;
         tracing::debug!(
@@ -219,7 +219,8 @@ impl Warmer {
             .iter()
             .map(|n| self.ctx.namespace.key_for(n))
             .collect();
-        let results = self.ctx.exists_chunked(&keys, false).await;
+        // Runs while the tree is scanned: the scan is the phase shown.
+        let results = self.ctx.exists_chunked(&keys, false, false).await;
         for (range, r) in results {
             let exists = r.map_err(|e| e.context("checking that cached templates exist"))?;
             for (name, ok) in names[range].iter().zip(exists) {

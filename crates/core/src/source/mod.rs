@@ -64,9 +64,18 @@ impl Source {
 
     /// Walks the tree (off the async executor).
     pub async fn scan(self: &Arc<Self>) -> Result<Scan> {
+        self.scan_counting(|_| {}).await
+    }
+
+    /// Walks the tree (off the async executor), calling `found` with the number of files found
+    /// since its last call as the walk goes ([`scan::scan_counting`]).
+    pub async fn scan_counting(
+        self: &Arc<Self>,
+        found: impl Fn(u64) + Send + 'static,
+    ) -> Result<Scan> {
         let this = Arc::clone(self);
         let scan = tokio::task::spawn_blocking(move || {
-            crate::source::scan::scan(&this.config, &this.filter)
+            crate::source::scan::scan_counting(&this.config, &this.filter, &found)
         })
         .await
         .map_err(|e| Error::new(ErrorKind::Unexpected, format!("scan task failed: {e}")))??;

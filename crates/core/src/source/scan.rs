@@ -203,6 +203,17 @@ impl Filter {
 /// file alone. Symlinks to files inside the root are followed; symlinks to directories are not
 /// descended into (their files are reached through their real path).
 pub fn scan(config: &SourceConfig, filter: &Filter) -> Result<Scan> {
+    scan_counting(config, filter, &|_| {})
+}
+
+/// How many files the walk finds between two calls of the `found` callback of
+/// [`scan_counting`].
+const FOUND_STEP: usize = 256;
+
+/// [`scan`], calling `found` with the number of files the walk found since the last call, as it
+/// goes (every few hundred files, and once at the end of the walk): progress for a phase whose
+/// total is unknown.
+pub fn scan_counting(config: &SourceConfig, filter: &Filter, found: &dyn Fn(u64)) -> Result<Scan> {
     let root = std::fs::canonicalize(&config.root)
         .map_err(|e| Error::io(&config.root, e).context("template root"))?;
     if !root.is_dir() {
@@ -253,7 +264,11 @@ pub fn scan(config: &SourceConfig, filter: &Filter) -> Result<Scan> {
             continue;
         }
         candidates.push((name, entry.into_path(), symlink));
+        if candidates.len() % FOUND_STEP == 0 {
+            found(FOUND_STEP as u64);
+        }
     }
+    found((candidates.len() % FOUND_STEP) as u64);
     // Stat the candidates on every core: on large trees the stat calls dominate the walk.
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
