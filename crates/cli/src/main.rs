@@ -115,6 +115,7 @@ fn init_logging(cli: &Cli) {
         .with_writer(|| ScrubbingStderr)
         .with_ansi(stderr_in_color())
         .with_target(false)
+        .log_internal_errors(false)
         .try_init();
 }
 
@@ -134,7 +135,7 @@ struct ScrubbingStderr;
 impl std::io::Write for ScrubbingStderr {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
-        progress::suspended(|| std::io::stderr().write_all(scrubbed(&text).as_bytes()))?;
+        let _ = progress::suspended(|| std::io::stderr().write_all(scrubbed(&text).as_bytes()));
         Ok(buf.len())
     }
 
