@@ -114,6 +114,27 @@ fn lease_intervals(log: &str) -> Vec<(String, String)> {
     out
 }
 
+/// Spawns `args` and returns once its log says it holds the write lease (its stderr is drained
+/// in the background from then on), so that what follows races a real holder, however slow the
+/// machine.
+fn spawn_holder(race: &Race, host: &str, args: &[&str]) -> Child {
+    use std::io::BufRead;
+    let mut child = race.spawn(host, args);
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("write lease acquired") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the holder took the write lease");
+    child
+}
+
 fn assert_no_overlap(logs: &[String]) {
     let mut all: Vec<(String, String)> = logs.iter().flat_map(|l| lease_intervals(l)).collect();
     assert!(!all.is_empty(), "nobody took the lease: {logs:?}");
@@ -188,8 +209,7 @@ fn busy_and_takeover(backend: String) {
     let b = race.tree("b", 50);
     // A slow holder: 3,000 templates at 300 per second.
     let slow = ["-v", "--lease-ttl", "3s", "warm", &a, "--rate", "300"];
-    let mut holder = race.spawn("host-a", &slow);
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut holder = spawn_holder(&race, "host-a", &slow);
     let busy = race.run("host-b", &["warm", &b]);
     assert_eq!(busy.status.code(), Some(4), "{}", text(&busy));
     assert!(text(&busy).contains("busy"), "{}", text(&busy));
@@ -214,8 +234,7 @@ fn busy_and_takeover(backend: String) {
     );
 
     // Killed on this host: a restart takes over at once.
-    let mut holder = race.spawn("host-a", &slow);
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut holder = spawn_holder(&race, "host-a", &slow);
     holder.kill().unwrap();
     holder.wait().unwrap();
     let started = Instant::now();
