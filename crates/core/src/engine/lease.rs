@@ -171,7 +171,10 @@ impl Lease {
         config.validate()?;
         let key = namespace.lease_key();
         let token = hex::encode(fastrand::u128(..).to_be_bytes());
-        let deadline = config.wait.map(|w| Instant::now() + w);
+        let deadline = config
+            .wait
+            .map(|w| Instant::now() + w.min(Duration::from_secs(365 * 86_400)));
+        let mut vanished = 0u32;
         loop {
             let mine = LeaseRecord::mine(&token, config.ttl).encode();
             let started = Instant::now();
@@ -179,7 +182,21 @@ impl Lease {
                 true
             } else {
                 match cache.get(&key).await? {
-                    None => continue, // released meanwhile: try again at once
+                    // Released meanwhile: try again, briefly paced so that a backend whose
+                    // put_if_absent misbehaves cannot make this spin, and within the deadline.
+                    None => {
+                        vanished += 1;
+                        if vanished > 200 || deadline.is_some_and(|d| Instant::now() >= d) {
+                            return Err(Error::new(
+                                ErrorKind::Conflict,
+                                format!(
+                                    "namespace {namespace}: its write lease could not be taken"
+                                ),
+                            ));
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        false
+                    }
                     Some(current) => {
                         let holder = LeaseRecord::decode(&current);
                         // A record we cannot read was not written by a holder: take it over.
