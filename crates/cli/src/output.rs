@@ -143,14 +143,7 @@ fn warm_text(
                 p.deleted,
                 p.failed.len()
             );
-            for e in &p.failed {
-                let _ = writeln!(
-                    out,
-                    "  failed    {}: {}",
-                    escaped(&e.name),
-                    escaped(&e.error)
-                );
-            }
+            failure_lines(&mut out, &p.failed);
         }
         Some(Err(e)) => {
             let _ = writeln!(out, "prune refused, nothing was deleted: {}", e.message());
@@ -246,20 +239,25 @@ fn check_text(
                 f.deleted,
                 f.failed.len()
             );
-            for e in &f.failed {
-                let _ = writeln!(
-                    out,
-                    "  failed    {}: {}",
-                    escaped(&e.name),
-                    escaped(&e.error)
-                );
-            }
+            failure_lines(&mut out, &f.failed);
         }
         Some(Err(e)) => {
             let _ = writeln!(out, "fix refused, nothing was changed: {}", e.message());
         }
     }
     out
+}
+
+/// One `failed` line per failure, names and errors escaped.
+fn failure_lines(out: &mut String, failed: &[template_cache::Failure]) {
+    for e in failed {
+        let _ = writeln!(
+            out,
+            "  failed    {}: {}",
+            escaped(&e.name),
+            escaped(&e.error)
+        );
+    }
 }
 
 #[cfg(test)]
