@@ -1,0 +1,1 @@
+//! The template-cache service behind `tcache serve`.
