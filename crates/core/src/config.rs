@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::engine::lease::LeaseConfig;
+use crate::engine::lease::{LeaseConfig, SharedLease};
 use crate::engine::throttle::{RetryPolicy, Throttle};
 use crate::format::key::Namespace;
 use crate::source::scan::SourceConfig;
@@ -28,6 +28,10 @@ pub struct EngineConfig {
     pub progress: Option<ProgressHandle>,
     /// The namespace write lease every writing run takes.
     pub lease: LeaseConfig,
+    /// A lease slot shared with other engines of this process: runs keep the lease held when
+    /// they end, for a service that writes continuously (`None`: each run takes and releases
+    /// its own).
+    pub shared_lease: Option<SharedLease>,
 }
 
 /// Receives progress of an engine run: phases, and advances within the current phase.
@@ -80,6 +84,7 @@ impl EngineConfig {
             verify_existing: true,
             progress: None,
             lease: LeaseConfig::default(),
+            shared_lease: None,
         }
     }
 }

@@ -18,7 +18,7 @@ pub use backend::{Cache, CacheBackend, Capabilities, Expiry, Fence, IndexLayout,
 pub use bytes::Bytes;
 pub use config::EngineConfig;
 pub use engine::check::Checker;
-pub use engine::lease::{Lease, LeaseConfig};
+pub use engine::lease::{Lease, LeaseConfig, SharedLease};
 pub use engine::report::{CheckMode, CheckReport, Failure, ResolveReport, WarmReport};
 pub use engine::resolve::ResolvePolicy;
 pub use engine::schedule::{

@@ -313,6 +313,11 @@ impl Lease {
         metrics::gauge!("tcache_lease_held").set(0.0);
     }
 
+    /// Whether the lease still holds (see [`Self::check`]).
+    pub fn is_valid(&self) -> bool {
+        self.check().is_ok()
+    }
+
     fn spawn_renewal(&self) {
         let (cache, key, token, ttl) = (
             self.cache.clone(),
@@ -445,6 +450,65 @@ mod tests {
         #[test]
         fn decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = LeaseRecord::decode(&data);
+        }
+    }
+}
+
+/// A write lease held across runs by several engines of one process (a service's warmer and
+/// checker): runs that share it take it when they first write and leave it held when they end;
+/// its owner releases it. Cloning shares the slot.
+#[derive(Clone, Debug, Default)]
+pub struct SharedLease(Arc<tokio::sync::Mutex<Option<Lease>>>);
+
+impl SharedLease {
+    /// An empty slot: nothing held yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Holds the lease of `namespace`: keeps one that is still valid, or takes it as `config`
+    /// allows (a lost one is dropped first). Fails with [`ErrorKind::Conflict`] when another
+    /// writer holds it.
+    pub async fn hold(&self, cache: &Cache, namespace: &Namespace, config: &LeaseConfig) -> Result<()> {
+        let mut slot = self.0.lock().await;
+        if slot.as_ref().is_some_and(Lease::is_valid) {
+            return Ok(());
+        }
+        if let Some(lost) = slot.take() {
+            lost.release().await;
+        }
+        *slot = Some(Lease::acquire(cache, namespace, config).await?);
+        Ok(())
+    }
+
+    /// Whether a valid lease is held.
+    pub async fn is_held(&self) -> bool {
+        self.0.lock().await.as_ref().is_some_and(Lease::is_valid)
+    }
+
+    /// The fence of the held lease, if it still holds.
+    pub async fn fence(&self) -> Result<Fence> {
+        match self.0.lock().await.as_ref() {
+            Some(l) => l.check().map(|()| l.fence()),
+            None => Err(Error::new(
+                ErrorKind::Conflict,
+                "writing without the namespace write lease",
+            )),
+        }
+    }
+
+    /// Checks the held lease again against the backend ([`Lease::reassert`]).
+    pub async fn reassert(&self) -> Result<()> {
+        match self.0.lock().await.as_ref() {
+            Some(l) => l.reassert().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Releases the lease if one is held.
+    pub async fn release(&self) {
+        if let Some(l) = self.0.lock().await.take() {
+            l.release().await;
         }
     }
 }

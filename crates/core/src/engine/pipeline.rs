@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::lease::{Lease, LeaseConfig};
+use super::lease::{LeaseConfig, SharedLease};
 use crate::backend::{Cache, CacheBackend, Fence};
 use crate::config::{EngineConfig, ProgressHandle};
 use crate::engine::report::Failure;
@@ -32,7 +32,10 @@ pub(crate) struct Ctx {
     pub progress: Option<ProgressHandle>,
     pub lease_config: LeaseConfig,
     /// The namespace write lease, while this run writes.
-    lease: tokio::sync::Mutex<Option<Lease>>,
+    lease: SharedLease,
+    /// The lease is shared with other engines ([`EngineConfig::shared_lease`]): runs leave it
+    /// held; its owner releases it.
+    lease_shared: bool,
 }
 
 /// What the write pipeline did.
@@ -61,7 +64,8 @@ impl Ctx {
             limiters,
             progress: config.progress,
             lease_config: config.lease,
-            lease: tokio::sync::Mutex::new(None),
+            lease_shared: config.shared_lease.is_some(),
+            lease: config.shared_lease.unwrap_or_default(),
         })
     }
 
@@ -151,28 +155,20 @@ impl Ctx {
 
     /// Takes the namespace write lease unless this run holds it already.
     pub async fn hold_lease(&self) -> Result<()> {
-        let mut lease = self.lease.lock().await;
-        if lease.is_none() {
-            *lease = Some(Lease::acquire(&self.cache, &self.namespace, &self.lease_config).await?);
-        }
-        Ok(())
+        self.lease
+            .hold(&self.cache, &self.namespace, &self.lease_config)
+            .await
     }
 
     /// The fence of the held lease, if it still holds.
     async fn fence(&self) -> Result<Fence> {
-        match self.lease.lock().await.as_ref() {
-            Some(l) => l.check().map(|()| l.fence()),
-            None => Err(Error::new(
-                crate::error::ErrorKind::Conflict,
-                "writing without the namespace write lease (a bug)",
-            )),
-        }
+        self.lease.fence().await
     }
 
-    /// Releases the lease if this run holds it.
+    /// Releases the lease if this run holds it (a shared lease stays held).
     pub async fn release_lease(&self) {
-        if let Some(l) = self.lease.lock().await.take() {
-            l.release().await;
+        if !self.lease_shared {
+            self.lease.release().await;
         }
     }
 
@@ -189,9 +185,7 @@ impl Ctx {
                 // The fence failed: the record may have vanished with a restarted server. Take
                 // it again if nobody else did, then retry; otherwise stop.
                 Err(e) if e.kind() == crate::error::ErrorKind::Conflict => {
-                    if let Some(l) = self.lease.lock().await.as_ref() {
-                        l.reassert().await?;
-                    }
+                    self.lease.reassert().await?;
                     crate::index::update(&self.cache, &self.namespace, changes, Some(&fence)).await
                 }
                 other => other,

@@ -57,6 +57,15 @@ pub struct WarmReport {
     /// Wall time of the run.
     #[serde(rename = "duration_ms", serialize_with = "as_millis")]
     pub duration: Duration,
+    /// Templates the index holds whose file the scan did not find (and that do not lie under a
+    /// part of the tree the scan could not read): orphans this run left alone, sorted. A full
+    /// run fills it; [`crate::Warmer::warm_changed`] lists the changed names that are gone.
+    #[serde(skip)]
+    pub orphans: Vec<String>,
+    /// [`crate::Warmer::warm_changed`]: a changed path is a directory (created, moved in or
+    /// out), so only a full run sees what it holds.
+    #[serde(skip)]
+    pub needs_full_run: bool,
 }
 
 impl WarmReport {
@@ -113,6 +122,17 @@ impl CheckReport {
     /// Number of inconsistencies of every kind.
     pub fn inconsistencies(&self) -> usize {
         self.missing.len() + self.outdated.len() + self.orphaned.len() + self.corrupt.len()
+    }
+
+    /// Keeps only the orphans (as listed in [`Self::orphaned`]) for which `keep` is true, in the
+    /// list and in what a resolution of this report would delete: a service deletes orphans
+    /// only once their grace period is over.
+    pub fn retain_orphans(&mut self, keep: impl Fn(&str) -> bool) {
+        use super::plan::Kind;
+        self.orphaned.retain(|n| keep(n));
+        self.plan
+            .delete
+            .retain(|d| d.kind != Kind::Orphaned || keep(d.name.as_deref().unwrap_or(&d.key)));
     }
 }
 

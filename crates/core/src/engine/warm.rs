@@ -15,7 +15,7 @@ use crate::config::EngineConfig;
 use crate::error::Result;
 use crate::index::{IndexEntry, IndexSnapshot};
 use crate::source::Source;
-use crate::source::scan::{SourceFile, compile_globs};
+use crate::source::scan::{Probe, SourceFile, compile_globs};
 
 /// Keeps a cache warm with the templates of one tree.
 #[derive(Debug)]
@@ -123,8 +123,10 @@ impl Warmer {
         let mut previous: HashMap<String, IndexEntry> = HashMap::new();
         let mut suspect: Vec<SourceFile> = Vec::new();
         let mut dirty: Vec<SourceFile> = Vec::new();
-        for f in scan.files {
+        let mut indexed = 0usize;
+        for f in &scan.files {
             let entry = index.entries.get(&f.name);
+            indexed += usize::from(entry.is_some());
             let confirmed = entry.filter(|e| !e.pending && !evicted.contains(&f.name));
             if confirmed.is_some_and(|e| self.ctx.source.known_hash(&f) == Some(e.hash)) {
                 report.unchanged += 1;
@@ -134,11 +136,15 @@ impl Warmer {
                 previous.insert(f.name.clone(), *e);
             }
             if confirmed.is_some() {
-                suspect.push(f);
+                suspect.push(f.clone());
             } else {
-                dirty.push(f);
+                dirty.push(f.clone());
             }
         }
+        if indexed < index.entries.len() {
+            report.orphans = orphans(&scan, &index);
+        }
+        drop(scan);
         if !suspect.is_empty() {
             let (hashes, failed) = self.ctx.hash_all(&suspect).await;
             report.failed.extend(failed);
@@ -232,6 +238,91 @@ impl Warmer {
         Ok((index, evicted))
     }
 
+    /// Writes the templates among `names` (reported changed by a file watcher) whose file
+    /// changed since it was last read, without scanning the tree or reading the index.
+    ///
+    /// Trusts that the cache holds what this process last read of every other file, which
+    /// holds after a full run ([`Self::run_once`]) by the same writer: a service runs one at
+    /// start, after taking the lease, after an outage, and as a periodic backstop. Names that
+    /// are gone and were known are listed in [`WarmReport::orphans`] (nothing is deleted); a
+    /// directory among them sets [`WarmReport::needs_full_run`]. Files that fail are forgotten,
+    /// so the next run reads them again. Fails as a whole when the root is missing or the
+    /// write lease cannot be held.
+    pub async fn warm_changed(
+        &self,
+        names: Vec<String>,
+        cancel: &CancellationToken,
+    ) -> Result<WarmReport> {
+        let started = Instant::now();
+        let hashed_before = self.ctx.source.files_hashed();
+        let source = &self.ctx.source;
+        let mut report = WarmReport::default();
+        let mut dirty = Vec::new();
+        for (name, probe) in source.probe(names).await? {
+            match probe {
+                Probe::File(f) => {
+                    report.scanned += 1;
+                    if source.known_hash(&f).is_some() {
+                        report.unchanged += 1;
+                    } else {
+                        dirty.push(f);
+                    }
+                }
+                Probe::Gone if source.knows(&name) => report.orphans.push(name),
+                Probe::Gone => report.needs_full_run |= source.knows_under(&name),
+                Probe::Directory => report.needs_full_run = true,
+                Probe::Skipped => {}
+                Probe::Failed(e) => {
+                    report.scanned += 1;
+                    report.failed.push(Failure::new(name, &e, 0));
+                }
+            }
+        }
+        dirty.sort_by_cached_key(|f| self.rank(&f.name));
+        // The pending marks of these writes carry no previous hash: a pending entry is never
+        // trusted, whatever hash it carries.
+        let outcome = self
+            .ctx
+            .write_files(dirty, &HashMap::new(), cancel)
+            .await?;
+        for f in &outcome.failed {
+            source.forget(&f.name);
+        }
+        report.written = outcome.written.len();
+        report.failed.extend(outcome.failed);
+        report.bytes_written = outcome.bytes;
+        if report.written > 0
+            && let Err(e) = self.ctx.cache.flush().await
+        {
+            report.failed.push(Failure::new("(flush)".into(), &e, 1));
+        }
+        report.orphans.sort();
+        report.files_hashed = source.files_hashed() - hashed_before;
+        report.duration = started.elapsed();
+        record_metrics(&report);
+        Ok(report)
+    }
+
+    /// Reads and hashes the files among `names` whose fingerprint changed, writing nothing: a
+    /// standby keeps its fingerprints current so that it can take over without re-reading the
+    /// tree. Returns how many files were read.
+    pub async fn rehash_changed(&self, names: Vec<String>) -> Result<u64> {
+        let hashed_before = self.ctx.source.files_hashed();
+        let files: Vec<SourceFile> = self
+            .ctx
+            .source
+            .probe(names)
+            .await?
+            .into_iter()
+            .filter_map(|(_, p)| match p {
+                Probe::File(f) => Some(f),
+                _ => None,
+            })
+            .collect();
+        let _ = self.ctx.hash_all(&files).await;
+        Ok(self.ctx.source.files_hashed() - hashed_before)
+    }
+
     /// Warms every `interval` (± `jitter`, a fraction such as 0.1) until `cancel` fires, then
     /// returns after the batch in flight. `on_run` receives each run's outcome.
     pub async fn run_periodic(
@@ -295,6 +386,20 @@ fn eviction_message(
 /// `bytes` in MiB, the unit of Redis `maxmemory 60mb` and Memcached `-m 60`.
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Index entries whose file `scan` did not find, outside the parts of the tree it could not read.
+fn orphans(scan: &crate::source::scan::Scan, index: &IndexSnapshot) -> Vec<String> {
+    let found: HashSet<&str> = scan.files.iter().map(|f| f.name.as_str()).collect();
+    let unknown = scan.unknown();
+    let mut gone: Vec<String> = index
+        .entries
+        .keys()
+        .filter(|n| !found.contains(n.as_str()) && !unknown.covers(n))
+        .cloned()
+        .collect();
+    gone.sort();
+    gone
 }
 
 fn record_metrics(r: &WarmReport) {

@@ -104,6 +104,23 @@ impl FingerprintStore {
         self.dirty = true;
     }
 
+    /// Whether the store knows `name` (whatever its fingerprint).
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Whether the store knows a file under directory `dir` (a name starting with `dir/`).
+    pub fn any_under(&self, dir: &str) -> bool {
+        self.entries
+            .keys()
+            .any(|n| n.len() > dir.len() && n.starts_with(dir) && n.as_bytes()[dir.len()] == b'/')
+    }
+
+    /// Forgets `name`: its file is hashed again next time.
+    pub fn remove(&mut self, name: &str) {
+        self.dirty |= self.entries.remove(name).is_some();
+    }
+
     /// How many files the store knows.
     pub fn len(&self) -> usize {
         self.entries.len()

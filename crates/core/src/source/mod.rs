@@ -14,7 +14,7 @@ pub mod fingerprints;
 pub mod scan;
 
 pub use fingerprints::FingerprintStore;
-use scan::{Filter, Fingerprint, Scan, SourceConfig, SourceFile};
+use scan::{Filter, Fingerprint, Probe, Scan, SourceConfig, SourceFile};
 
 /// A template's content as read from its file.
 #[derive(Clone, Debug)]
@@ -80,6 +80,41 @@ impl Source {
         .await
         .map_err(|e| Error::new(ErrorKind::Unexpected, format!("scan task failed: {e}")))??;
         Ok(scan)
+    }
+
+    /// Examines `names` (reported changed by a file watcher) off the executor, as a scan would
+    /// see them. Fails as a whole, examining nothing, when the root itself is missing: nothing
+    /// under it may then be taken as deleted.
+    pub async fn probe(self: &Arc<Self>, names: Vec<String>) -> Result<Vec<(String, Probe)>> {
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let root = std::fs::canonicalize(&this.config.root)
+                .map_err(|e| Error::io(&this.config.root, e).context("template root"))?;
+            Ok(names
+                .into_iter()
+                .map(|n| {
+                    let p = scan::probe(&root, &n, &this.config, &this.filter);
+                    (n, p)
+                })
+                .collect())
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Unexpected, format!("probe task failed: {e}")))?
+    }
+
+    /// Whether a file `name` was hashed before (whatever its fingerprint now).
+    pub fn knows(&self, name: &str) -> bool {
+        self.lock().contains(name)
+    }
+
+    /// Whether a file under directory `dir` was hashed before.
+    pub fn knows_under(&self, dir: &str) -> bool {
+        self.lock().any_under(dir)
+    }
+
+    /// Forgets the fingerprint of `name`, so that its file is read again next time.
+    pub fn forget(&self, name: &str) {
+        self.lock().remove(name);
     }
 
     /// The hash of `file` if it is known and its fingerprint is unchanged (never with `checksum`).

@@ -455,6 +455,66 @@ fn accept_file(
     Ok(Some(Fingerprint::of(&meta)))
 }
 
+/// What a name reported changed (by a file watcher) turned out to be; see [`probe`].
+#[derive(Debug)]
+pub enum Probe {
+    /// A template file, as a scan would have found it.
+    File(SourceFile),
+    /// Nothing is there any more (neither the file nor, possibly, its directory).
+    Gone,
+    /// A directory: only a full scan sees what it holds.
+    Directory,
+    /// Not a template: filtered out, a symlink to a directory, or reached through a symlinked
+    /// directory (a scan reaches such files by their real path).
+    Skipped,
+    /// It could not be examined: it must not be taken as deleted.
+    Failed(Error),
+}
+
+/// Examines one template name under `root` (canonical) as [`scan`] would have seen it.
+pub fn probe(root: &Path, name: &str, config: &SourceConfig, filter: &Filter) -> Probe {
+    if let Err(e) = crate::format::key::validate_name(name) {
+        return Probe::Failed(e);
+    }
+    let path = root.join(name);
+    let meta = match std::fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Probe::Gone;
+        }
+        Err(e) => return Probe::Failed(Error::io(&path, e)),
+    };
+    if meta.is_dir() {
+        return Probe::Directory;
+    }
+    if !filter.accepts(name) {
+        return Probe::Skipped;
+    }
+    // Only files reached through real directories are templates under this name.
+    if let Some(parent) = path.parent() {
+        match std::fs::canonicalize(parent) {
+            Ok(real) if real == parent => {}
+            Ok(_) => return Probe::Skipped,
+            Err(e) => return Probe::Failed(Error::io(parent, e)),
+        }
+    }
+    match accept_file(root, &path, meta.file_type().is_symlink(), config) {
+        Ok(Some(fingerprint)) => Probe::File(SourceFile {
+            name: name.to_owned(),
+            path,
+            fingerprint,
+        }),
+        Ok(None) => Probe::Skipped,
+        // As in a scan: a dangling symlink is a failure, never a deletion.
+        Err(e) => Probe::Failed(e),
+    }
+}
+
 /// The `/`-separated name of `path` under `root`, or an error if it is not valid UTF-8.
 pub fn template_name(root: &Path, path: &Path) -> Result<String> {
     let rel = path.strip_prefix(root).map_err(|_| {
