@@ -40,10 +40,19 @@ pub const WAIT_LEASE_RANGE: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(86_400));
 
 /// Every subcommand's name (`tcache man COMMAND`).
-pub const SUBCOMMANDS: [&str; 6] = ["warm", "check", "get", "list", "completions", "man"];
+pub const SUBCOMMANDS: [&str; 8] = [
+    "warm",
+    "check",
+    "serve",
+    "get",
+    "list",
+    "history",
+    "completions",
+    "man",
+];
 
 /// A parser of durations from `min` to `max` (`500ms`, `30s`, `5m`, `1h`).
-fn duration_in(
+pub(crate) fn duration_in(
     min: Duration,
     max: Duration,
 ) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
@@ -58,7 +67,7 @@ fn duration_in(
 }
 
 /// A parser of whole numbers from `min` to `max`, as `T`.
-fn count_in<T: TryFrom<u64>>(
+pub(crate) fn count_in<T: TryFrom<u64>>(
     (min, max): (u64, u64),
 ) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
     move |s| {
@@ -71,7 +80,7 @@ fn count_in<T: TryFrom<u64>>(
 }
 
 /// A parser of rates: finite numbers greater than 0.
-fn rate(s: &str) -> Result<f64, String> {
+pub(crate) fn rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
         _ => Err("must be a finite number greater than 0 (for example 100 or 2.5)".into()),
@@ -79,7 +88,7 @@ fn rate(s: &str) -> Result<f64, String> {
 }
 
 /// A parser of ratios: numbers from 0 to 1.
-fn ratio(s: &str) -> Result<f64, String> {
+pub(crate) fn ratio(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
         _ => Err("must be a number from 0 to 1 (for example 0.25)".into()),
@@ -126,6 +135,10 @@ pub struct Cli {
     /// writer killed with -9 frees the namespace after at most this long.
     #[arg(long, global = true, value_name = "DURATION", default_value = "15s", value_parser = duration_in(LEASE_TTL_RANGE.0, LEASE_TTL_RANGE.1))]
     pub lease_ttl: Duration,
+    /// Read options from this TOML file (global options at the top level, a command's in its
+    /// table, e.g. [serve]); the command line and the environment override it.
+    #[arg(long, global = true, value_name = "FILE", env = crate::config_file::CONFIG_ENV)]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -136,6 +149,9 @@ pub enum Command {
     Warm(WarmArgs),
     /// Compare DIR with the cache; --fix resolves what was found.
     Check(CheckArgs),
+    /// Keep DIR's templates warm and the cache consistent, unattended, until SIGTERM: write
+    /// changes as they land, check on a schedule, resolve behind thresholds (docs/serve.md).
+    Serve(Box<crate::serve_args::ServeArgs>),
     /// Print a template's content (verified against its hash) to stdout.
     Get {
         /// The template name, e.g. emails/welcome.html.
@@ -143,6 +159,10 @@ pub enum Command {
     },
     /// List the template names in the cache's index.
     List,
+    /// Show the run history kept in the cache: the latest warms, checks and fixes of every
+    /// host, newest first, and their trends (runs per day, p50/p95 duration, inconsistencies
+    /// found and resolved).
+    History(HistoryArgs),
     /// Print a shell completion script to stdout (e.g. `tcache completions bash >
     /// /etc/bash_completion.d/tcache`).
     Completions {
@@ -277,6 +297,36 @@ pub struct CheckArgs {
     /// exiting 4.
     #[arg(long, value_name = "DURATION", requires = "fix", value_parser = duration_in(WAIT_LEASE_RANGE.0, WAIT_LEASE_RANGE.1))]
     pub wait_lease: Option<Duration>,
+}
+
+/// `history --since`: from 1 minute to 10 years.
+pub const HISTORY_SINCE_RANGE: (Duration, Duration) =
+    (Duration::from_secs(60), Duration::from_secs(3650 * 86_400));
+/// `history --limit`.
+pub const HISTORY_LIMIT_RANGE: (u64, u64) = (1, 100_000);
+
+/// A kind of run in the history.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunKindArg {
+    /// `tcache warm` runs (and service warms).
+    Warm,
+    /// Checks, with or without --fix.
+    Check,
+    /// Resolutions: `check --fix`, `warm --prune` (refused ones too).
+    Resolve,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// Only runs started within DURATION before now (e.g. 24h, 7d; 1m to 3650d).
+    #[arg(long, value_name = "DURATION", value_parser = duration_in(HISTORY_SINCE_RANGE.0, HISTORY_SINCE_RANGE.1))]
+    pub since: Option<Duration>,
+    /// Only runs of this kind.
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub kind: Option<RunKindArg>,
+    /// Show at most N runs, the newest (1 to 100000); trends still cover every matching run.
+    #[arg(long, allow_negative_numbers = true, value_name = "N", value_parser = count_in::<usize>(HISTORY_LIMIT_RANGE))]
+    pub limit: Option<usize>,
 }
 
 #[cfg(test)]

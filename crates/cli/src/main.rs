@@ -10,8 +10,10 @@
 
 mod args;
 mod commands;
+mod config_file;
 mod output;
 mod progress;
+mod serve_args;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -42,7 +44,7 @@ const MAX_PASSWORD_FILE_BYTES: u64 = 64 * 1024;
 static SECRETS: RwLock<Secrets> = RwLock::new(Secrets::new());
 
 /// Adds secrets to scrub from everything printed from now on.
-fn remember(secrets: Secrets) {
+pub(crate) fn remember(secrets: Secrets) {
     if let Ok(mut s) = SECRETS.write() {
         s.extend(secrets);
     }
@@ -56,9 +58,22 @@ fn scrubbed(text: &str) -> String {
     }
 }
 
+/// The command line as given (before the config file is merged in): `serve` parses it again
+/// on SIGHUP.
+static ARGV: std::sync::OnceLock<Vec<std::ffi::OsString>> = std::sync::OnceLock::new();
+
 fn main() -> ExitCode {
+    let given: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let _ = ARGV.set(given.clone());
+    let merged = match config_file::merge(given) {
+        Ok(m) => m,
+        Err(e) => {
+            output::eprint(&format!("tcache: {}", scrubbed(&e)));
+            return ExitCode::from(EXIT_FATAL);
+        }
+    };
     // A backend URL given where another argument was expected would be echoed by a usage error.
-    for arg in std::env::args_os().skip(1) {
+    for arg in merged.argv.iter().skip(1) {
         let arg = arg.to_string_lossy();
         let value = match arg.strip_prefix("--") {
             Some(flag) => flag.split_once('=').map_or("", |(_, v)| v),
@@ -68,8 +83,13 @@ fn main() -> ExitCode {
             remember(Secrets::of(value));
         }
     }
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(&merged.argv) {
         Ok(cli) => cli,
+        Err(e) if e.use_stderr() && merged.explain(&e).is_some() => {
+            let why = merged.explain(&e).unwrap_or_default();
+            output::eprint(&format!("tcache: {}", scrubbed(&why)));
+            return ExitCode::from(EXIT_FATAL);
+        }
         Err(e) if e.use_stderr() => {
             let styled = e.render();
             let text = if stderr_in_color() {
@@ -184,6 +204,10 @@ async fn dispatch(cli: &Cli) -> template_cache::Result<u8> {
             let (backend, ns) = connect(cli).await?;
             commands::check::run(cli, backend, ns, args).await
         }
+        Command::Serve(_) => {
+            let argv = ARGV.get().cloned().unwrap_or_default();
+            commands::serve::run(cli, &argv).await
+        }
         Command::Get { name } => {
             let (backend, ns) = connect(cli).await?;
             commands::get::run(cli, backend, ns, name).await
@@ -192,13 +216,17 @@ async fn dispatch(cli: &Cli) -> template_cache::Result<u8> {
             let (backend, ns) = connect(cli).await?;
             commands::list::run(cli, backend, ns).await
         }
+        Command::History(args) => {
+            let (backend, ns) = connect(cli).await?;
+            commands::history::run(cli, backend, ns, args).await
+        }
         Command::Completions { shell } => commands::docs::completions(*shell),
         Command::Man { command } => commands::docs::man(command.as_deref()),
     }
 }
 
 /// The namespace and the opened backend of a command that uses the cache.
-async fn connect(cli: &Cli) -> template_cache::Result<(Arc<dyn CacheBackend>, Namespace)> {
+pub(crate) async fn connect(cli: &Cli) -> template_cache::Result<(Arc<dyn CacheBackend>, Namespace)> {
     let namespace = Namespace::new(&cli.namespace).map_err(|e| e.context("--namespace"))?;
     let url = backend_url(cli)?;
     let backend = template_cache::open(&url).await?;

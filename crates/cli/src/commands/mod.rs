@@ -4,7 +4,9 @@
 pub mod check;
 pub mod docs;
 pub mod get;
+pub mod history;
 pub mod list;
+pub mod serve;
 pub mod warm;
 
 use std::path::{Path, PathBuf};
@@ -57,7 +59,13 @@ pub fn engine_config(
 
 /// The fingerprint state file of `dir`: one per canonical directory.
 fn state_path(cli: &Cli, dir: &Path) -> template_cache::Result<PathBuf> {
-    let base = match &cli.state_dir {
+    template_cache::source::fingerprints::state_file(&state_dir(cli), dir)
+}
+
+/// The directory of fingerprint state files: `--state-dir`, else `$XDG_CACHE_HOME/tcache`, else
+/// `~/.cache/tcache`.
+pub fn state_dir(cli: &Cli) -> PathBuf {
+    match &cli.state_dir {
         Some(d) => d.clone(),
         None => match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
             Some(x) => PathBuf::from(x).join("tcache"),
@@ -66,9 +74,5 @@ fn state_path(cli: &Cli, dir: &Path) -> template_cache::Result<PathBuf> {
                 None => PathBuf::from(".tcache-state"),
             },
         },
-    };
-    let canonical = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(canonical.to_string_lossy().as_bytes());
-    Ok(base.join(format!("fingerprints-{}", &hex::encode(digest)[..16])))
+    }
 }

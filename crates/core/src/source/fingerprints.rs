@@ -37,6 +37,15 @@ struct StateFileRef<'a> {
     entries: &'a HashMap<String, Known>,
 }
 
+/// The fingerprint state file of template tree `root` under state directory `state_dir`: one
+/// per canonical root, so that two trees (or two releases behind one symlink) never share one.
+pub fn state_file(state_dir: &Path, root: &Path) -> Result<std::path::PathBuf> {
+    use sha2::Digest;
+    let canonical = std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
+    let digest = sha2::Sha256::digest(canonical.to_string_lossy().as_bytes());
+    Ok(state_dir.join(format!("fingerprints-{}", &hex::encode(digest)[..16])))
+}
+
 /// Content hashes of files keyed by name, trusted while a file's fingerprint is unchanged.
 /// Persisted to a local file so a fresh process does not re-hash an unchanged tree.
 #[derive(Debug, Default)]
