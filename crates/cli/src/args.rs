@@ -139,6 +139,15 @@ pub struct Cli {
     /// table, e.g. [serve]); the command line and the environment override it.
     #[arg(long, global = true, value_name = "FILE", env = crate::config_file::CONFIG_ENV)]
     pub config: Option<PathBuf>,
+    /// Log format on stderr: human (the default) or json (one object per line, for log
+    /// shippers).
+    #[arg(long, global = true, value_enum, value_name = "FORMAT", default_value = "human")]
+    pub log_format: LogFormat,
+    /// Write the metrics of this run to FILE when the command ends (also on failure), in the
+    /// Prometheus text format of node_exporter's textfile collector (FILE is replaced
+    /// atomically; name it *.prom).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -177,6 +186,16 @@ pub enum Command {
         #[arg(value_parser = SUBCOMMANDS)]
         command: Option<String>,
     },
+}
+
+/// The format of log lines on stderr (`--log-format`).
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Lines for people.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
 }
 
 /// A kind of inconsistency `check --fix` can resolve.
@@ -226,9 +245,12 @@ pub struct SourceArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(mut_arg("metrics_addr", |a| a.requires("interval")))]
 pub struct WarmArgs {
     #[command(flatten)]
     pub source: SourceArgs,
+    #[command(flatten)]
+    pub observe: crate::observe_args::ObserveArgs,
     /// Keep warming every DURATION (e.g. 30s, 5m; 1s to 30d) until SIGINT/SIGTERM.
     #[arg(long, value_name = "DURATION", value_parser = duration_in(INTERVAL_RANGE.0, INTERVAL_RANGE.1))]
     pub interval: Option<Duration>,
@@ -258,6 +280,8 @@ pub struct WarmArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     pub source: SourceArgs,
+    #[command(flatten)]
+    pub alerts: crate::observe_args::AlertArgs,
     /// Fetch and verify every entry instead of comparing with the index.
     #[arg(long)]
     pub deep: bool,

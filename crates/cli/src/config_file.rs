@@ -357,22 +357,27 @@ mod tests {
             batch-size = 9
         "#;
         let argv = merged(toml, &["check", "--batch-size", "8"]).unwrap();
+        // The file's options (in the file's key order) go right after the subcommand, before
+        // the command line's, which come last as given.
+        assert_eq!(argv[..2], ["tcache", "check"], "{argv:?}");
+        assert_eq!(argv[argv.len() - 2..], ["--batch-size", "8"], "{argv:?}");
+        let mut from_file = argv[2..argv.len() - 2].to_vec();
+        from_file.sort();
         assert_eq!(
-            argv,
+            from_file,
             [
-                "tcache",
-                "check",
-                "--namespace=prod",
-                "--verbose",
-                "/srv/t",
                 "--deep",
                 "--exclude=a/**",
                 "--exclude=b/**",
-                "--batch-size",
-                "8"
+                "--namespace=prod",
+                "--verbose",
+                "/srv/t"
             ],
             "{argv:?}"
         );
+        use clap::Parser;
+        let cli = Cli::try_parse_from(&argv).unwrap();
+        assert_eq!(cli.namespace, "prod");
         // A directory on the command line wins over the file's.
         let argv = merged(toml, &["check", "/other"]).unwrap();
         assert!(!argv.iter().any(|a| a == "/srv/t"), "{argv:?}");

@@ -11,6 +11,7 @@
 mod args;
 mod commands;
 mod config_file;
+mod observe_args;
 mod output;
 mod progress;
 mod serve_args;
@@ -23,7 +24,7 @@ use clap::Parser;
 use template_cache::url::{BackendUrl, Secrets};
 use template_cache::{CacheBackend, Error, ErrorKind, Namespace};
 
-use crate::args::{Cli, Command, PASSWORD_ENV};
+use crate::args::{Cli, Command, LogFormat, PASSWORD_ENV};
 
 /// Exit code: success, cache consistent.
 const EXIT_OK: u8 = 0;
@@ -130,13 +131,21 @@ fn init_logging(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(|| ScrubbingStderr)
-        .with_ansi(stderr_in_color())
         .with_target(false)
-        .log_internal_errors(false)
-        .try_init();
+        .log_internal_errors(false);
+    let _ = match cli.log_format {
+        LogFormat::Human => logs
+            .with_writer(|| ScrubbingStderr)
+            .with_ansi(stderr_in_color())
+            .try_init(),
+        LogFormat::Json => logs
+            .json()
+            .with_writer(|| ScrubbingJsonStderr)
+            .with_ansi(false)
+            .try_init(),
+    };
 }
 
 /// Whether stderr takes color: it is a terminal and `NO_COLOR` is unset or empty
@@ -165,8 +174,43 @@ impl std::io::Write for ScrubbingStderr {
     }
 }
 
+/// [`ScrubbingStderr`] for `--log-format json`: every string of each JSON line is scrubbed
+/// before it is encoded again (a secret holding `"` or `\` is escaped in the encoded line,
+/// where the plain scrub would miss it).
+struct ScrubbingJsonStderr;
+
+impl std::io::Write for ScrubbingJsonStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        fn scrub(v: &mut serde_json::Value) {
+            match v {
+                serde_json::Value::String(s) => *s = scrubbed(s),
+                serde_json::Value::Array(a) => a.iter_mut().for_each(scrub),
+                serde_json::Value::Object(o) => o.values_mut().for_each(scrub),
+                _ => {}
+            }
+        }
+        match serde_json::from_slice::<serde_json::Value>(buf) {
+            Ok(mut v) => {
+                scrub(&mut v);
+                ScrubbingStderr.write_all(format!("{v}\n").as_bytes())?;
+            }
+            Err(_) => ScrubbingStderr.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        ScrubbingStderr.flush()
+    }
+}
+
 /// Runs the command and turns an error into its report and exit code.
 async fn run(cli: Cli) -> u8 {
+    if cli.metrics_file.is_some() {
+        if let Err(e) = template_cache_observe::metrics::install() {
+            output::eprint(&format!("tcache: --metrics-file: {}", e.to_report_string()));
+        }
+    }
     let code = match dispatch(&cli).await {
         Ok(code) => code,
         Err(e) => {
@@ -184,6 +228,7 @@ async fn run(cli: Cli) -> u8 {
             }
         }
     };
+    let code = write_metrics_file(&cli, code);
     // A closed pipe is the reader's choice; any other failure to write the output is not.
     match output::stdout_error() {
         Some(e) => {
@@ -191,6 +236,24 @@ async fn run(cli: Cli) -> u8 {
             EXIT_FATAL
         }
         None => code,
+    }
+}
+
+/// Writes the run's metrics to `--metrics-file` (whatever the outcome), atomically, in the
+/// format of node_exporter's textfile collector. Failing to write it turns success into exit 2.
+fn write_metrics_file(cli: &Cli, code: u8) -> u8 {
+    let Some(path) = &cli.metrics_file else {
+        return code;
+    };
+    match template_cache_observe::metrics::write_textfile(path) {
+        Ok(()) => code,
+        Err(e) => {
+            output::eprint(&format!(
+                "tcache: --metrics-file: {}",
+                scrubbed(&e.to_report_string())
+            ));
+            if code == EXIT_OK { EXIT_FATAL } else { code }
+        }
     }
 }
 

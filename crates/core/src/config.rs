@@ -32,6 +32,9 @@ pub struct EngineConfig {
     /// they end, for a service that writes continuously (`None`: each run takes and releases
     /// its own).
     pub shared_lease: Option<SharedLease>,
+    /// Append a summary of every warm, check and resolution to the namespace's run history
+    /// ([`crate::history`]; default on). A failed append is logged, never an error of the run.
+    pub record_history: bool,
 }
 
 /// Receives progress of an engine run: phases, and advances within the current phase.
@@ -85,6 +88,7 @@ impl EngineConfig {
             progress: None,
             lease: LeaseConfig::default(),
             shared_lease: None,
+            record_history: true,
         }
     }
 }

@@ -3,16 +3,39 @@
 use std::sync::Arc;
 
 use template_cache::{CacheBackend, CheckMode, Checker, ErrorKind, Namespace, ResolvePolicy};
+use template_cache_observe::Alerter;
 
 use crate::args::{CheckArgs, Cli, FixKind};
-use crate::{EXIT_FOUND, EXIT_OK, EXIT_REFUSED, output};
+use crate::{EXIT_FOUND, EXIT_OK, EXIT_REFUSED, observe_args, output};
 
-/// Runs `tcache check`.
+/// Runs `tcache check`, raising alerts if any `--alert-*` flag is given. The alert state lives
+/// under the state directory: a check run repeatedly alerts once per condition until a check
+/// finds it cleared, then sends one "resolved".
 pub async fn run(
     cli: &Cli,
     backend: Arc<dyn CacheBackend>,
     ns: Namespace,
     args: &CheckArgs,
+) -> template_cache::Result<u8> {
+    let state_dir = super::state_dir(cli);
+    let alerter = args
+        .alerts
+        .alerter(ns.as_str(), &backend.describe(), Some(&state_dir))?;
+    let code = check(cli, backend, ns, args, alerter.as_ref()).await;
+    if let Some(a) = &alerter {
+        a.tick();
+    }
+    observe_args::flush(alerter.as_ref()).await;
+    code
+}
+
+/// Checks, then resolves with `--fix`.
+async fn check(
+    cli: &Cli,
+    backend: Arc<dyn CacheBackend>,
+    ns: Namespace,
+    args: &CheckArgs,
+    alerter: Option<&Arc<Alerter>>,
 ) -> template_cache::Result<u8> {
     let mut cfg = super::engine_config(cli, ns, &args.source)?;
     cfg.lease.wait = args.wait_lease;
@@ -22,7 +45,13 @@ pub async fn run(
     } else {
         CheckMode::Quick
     };
-    let report = checker.check(mode).await?;
+    let report = checker.check(mode).await;
+    match (alerter, &report) {
+        (Some(a), Ok(r)) => a.observe_check(r),
+        (Some(a), Err(e)) => a.observe_check_failed(e),
+        (None, _) => {}
+    }
+    let report = report?;
     if !args.fix {
         output::check(cli.json, &report, None, &backend.describe());
         return Ok(if report.consistent {
@@ -60,6 +89,9 @@ pub async fn run(
     .iter()
     .any(|(kind, found)| !fixes(*kind) && !found.is_empty());
     let fix = checker.resolve(&report, &policy).await;
+    if let Some(a) = alerter {
+        a.observe_resolve(&fix);
+    }
     let fix = match fix {
         Err(e) if e.kind() != ErrorKind::Refused => {
             if !cli.json {

@@ -6,21 +6,45 @@ use std::time::Duration;
 
 use template_cache::{
     CacheBackend, CancellationToken, CheckMode, Checker, EngineConfig, Error, ErrorKind, Namespace,
-    ResolvePolicy, ResolveReport, Warmer,
+    ResolvePolicy, ResolveReport, WarmReport, Warmer,
 };
+use template_cache_observe::{Alerter, Health, MetricsServer};
 
 use crate::args::{Cli, WarmArgs};
-use crate::{EXIT_FOUND, EXIT_OK, EXIT_REFUSED, output};
+use crate::{EXIT_FOUND, EXIT_OK, EXIT_REFUSED, observe_args, output};
 
 /// The jitter of `--interval`: each pause is the interval ± 10%.
 const JITTER: f64 = 0.1;
 
-/// Runs `tcache warm`.
+/// Runs `tcache warm`, raising alerts if any `--alert-*` flag is given (a one-shot run keeps
+/// its alert state under the state directory, so that a cron job alerts once per condition).
 pub async fn run(
     cli: &Cli,
     backend: Arc<dyn CacheBackend>,
     ns: Namespace,
     args: &WarmArgs,
+) -> template_cache::Result<u8> {
+    let state_dir = args.interval.is_none().then(|| super::state_dir(cli));
+    let alerter =
+        args.observe
+            .alerts
+            .alerter(ns.as_str(), &backend.describe(), state_dir.as_deref())?;
+    let code = warm(cli, backend, ns, args, alerter.as_ref()).await;
+    if let Some(a) = &alerter {
+        a.tick();
+    }
+    observe_args::flush(alerter.as_ref()).await;
+    code
+}
+
+/// Warms once or every `--interval`; with `--metrics-addr`, serves the metrics and health
+/// endpoints meanwhile.
+async fn warm(
+    cli: &Cli,
+    backend: Arc<dyn CacheBackend>,
+    ns: Namespace,
+    args: &WarmArgs,
+    alerter: Option<&Arc<Alerter>>,
 ) -> template_cache::Result<u8> {
     let mut cfg = super::engine_config(cli, ns, &args.source)?;
     cfg.priority = args.priority.clone();
@@ -32,9 +56,17 @@ pub async fn run(
     let json = cli.json;
     let describe = backend.describe();
     let Some(interval) = args.interval else {
-        let report = warmer.run_once_until(&cancel).await?;
+        let report = warmer.run_once_until(&cancel).await;
+        if let Some(a) = alerter {
+            a.observe_warm(&report);
+        }
+        let report = report?;
         let prune = if args.prune && !report.cancelled && !cancel.is_cancelled() {
-            match prune(&backend, &cfg, args).await {
+            let pruned = prune(&backend, &cfg, args).await;
+            if let Some(a) = alerter {
+                a.observe_resolve(&pruned);
+            }
+            match pruned {
                 Err(e) if e.kind() != ErrorKind::Refused => {
                     if !json {
                         output::warm(false, &report, None, &describe);
@@ -54,12 +86,23 @@ pub async fn run(
             _ => EXIT_OK,
         });
     };
+    // Ready once a warm completed; not ready while runs fail (the backend unreachable).
+    let health = Arc::new(Health::new());
+    health.set_role("warmer");
+    if let Some(addr) = &args.observe.metrics_addr {
+        MetricsServer::start(addr, Arc::clone(&health), cancel.clone())
+            .await
+            .map_err(|e| e.context("--metrics-addr"))?;
+    }
     if !args.prune {
         warmer
-            .run_periodic(interval, JITTER, cancel, |r| match r {
-                Ok(report) => output::warm(json, &report, None, &describe),
-                Err(e) => {
-                    tracing::error!(error = %e.to_report_string(), "warm run failed; retrying at the next interval");
+            .run_periodic(interval, JITTER, cancel, |r| {
+                observe_run(&r, &health, alerter);
+                match r {
+                    Ok(report) => output::warm(json, &report, None, &describe),
+                    Err(e) => {
+                        tracing::error!(error = %e.to_report_string(), "warm run failed; retrying at the next interval");
+                    }
                 }
             })
             .await;
@@ -67,12 +110,18 @@ pub async fn run(
     }
     // Warm then prune, every interval, until interrupted.
     loop {
-        match warmer.run_once_until(&cancel).await {
+        let warmed = warmer.run_once_until(&cancel).await;
+        observe_run(&warmed, &health, alerter);
+        match warmed {
             Ok(report) => {
                 let pruned = if cancel.is_cancelled() {
                     None
                 } else {
-                    match prune(&backend, &cfg, args).await {
+                    let pruned = prune(&backend, &cfg, args).await;
+                    if let Some(a) = alerter {
+                        a.observe_resolve(&pruned);
+                    }
+                    match pruned {
                         Err(e) if e.kind() != ErrorKind::Refused => {
                             tracing::error!(error = %e.to_report_string(), "prune failed; retrying at the next interval");
                             None
@@ -93,6 +142,31 @@ pub async fn run(
             _ = cancel.cancelled() => return Ok(EXIT_OK),
             _ = tokio::time::sleep(jittered(interval)) => {}
         }
+    }
+}
+
+/// Tells the health endpoint and the alerter how a warm run of `--interval` went: ready once
+/// one completed, not ready while they fail (another writer holding the namespace is no
+/// failure).
+fn observe_run(
+    r: &template_cache::Result<WarmReport>,
+    health: &Health,
+    alerter: Option<&Arc<Alerter>>,
+) {
+    match r {
+        Ok(_) => health.set_ready(),
+        Err(e) if e.kind() == ErrorKind::Conflict => {}
+        Err(e) if e.kind() == ErrorKind::Unavailable => health.set_not_ready(format!(
+            "backend unreachable: {}",
+            crate::scrubbed(&e.to_report_string())
+        )),
+        Err(e) => health.set_not_ready(format!(
+            "the last warm failed: {}",
+            crate::scrubbed(&e.to_report_string())
+        )),
+    }
+    if let Some(a) = alerter {
+        a.observe_warm(r);
     }
 }
 

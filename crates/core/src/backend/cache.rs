@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use super::{CacheBackend, Capabilities, Expiry, Fence, IndexLayout, ServerStats};
 use crate::error::{Error, ErrorKind, Result};
@@ -108,7 +109,7 @@ impl Cache {
         validate_keys(keys)?;
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(self.batch_keys()) {
-            let values = self.backend.get_many(chunk).await?;
+            let values = timed("get", self.backend.get_many(chunk)).await?;
             self.expect_len("get_many", chunk.len(), values.len())?;
             out.extend(values);
         }
@@ -120,7 +121,7 @@ impl Cache {
         validate_keys(keys)?;
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(self.batch_keys()) {
-            let found = self.backend.exists_many(chunk).await?;
+            let found = timed("exists", self.backend.exists_many(chunk)).await?;
             self.expect_len("exists_many", chunk.len(), found.len())?;
             out.extend(found);
         }
@@ -131,7 +132,7 @@ impl Cache {
     pub async fn delete_many(&self, keys: &[String]) -> Result<()> {
         validate_keys(keys)?;
         for chunk in keys.chunks(self.batch_keys()) {
-            self.backend.delete_many(chunk).await?;
+            timed("delete", self.backend.delete_many(chunk)).await?;
         }
         Ok(())
     }
@@ -160,14 +161,14 @@ impl Cache {
                     || bytes.saturating_add(size) > max_bytes
                     || this != expiry)
             {
-                self.backend.set_many(&entries[start..i], expiry).await?;
+                timed("set", self.backend.set_many(&entries[start..i], expiry)).await?;
                 (start, bytes) = (i, 0);
             }
             expiry = this;
             bytes = bytes.saturating_add(size);
         }
         if start < entries.len() {
-            self.backend.set_many(&entries[start..], expiry).await?;
+            timed("set", self.backend.set_many(&entries[start..], expiry)).await?;
         }
         Ok(())
     }
@@ -180,13 +181,13 @@ impl Cache {
                 format!("{} cannot list its keys", self.describe()),
             ));
         }
-        self.backend.list_keys(prefix).await
+        timed("list_keys", self.backend.list_keys(prefix)).await
     }
 
     /// One page of the fields of hash `key` (see [`CacheBackend::hash_scan`]).
     pub async fn hash_scan(&self, key: &str, cursor: u64) -> Result<(u64, Vec<(Bytes, Bytes)>)> {
         validate_key(key)?;
-        self.backend.hash_scan(key, cursor).await
+        timed("hash_scan", self.backend.hash_scan(key, cursor)).await
     }
 
     /// Sets and removes fields of hash `key`, in calls of at most
@@ -208,14 +209,26 @@ impl Cache {
         }
         for chunk in set.chunks(self.batch_keys()) {
             match fence {
-                Some(f) => self.backend.hash_update_fenced(key, chunk, &[], f).await?,
-                None => self.backend.hash_update(key, chunk, &[]).await?,
+                Some(f) => {
+                    timed(
+                        "hash_update",
+                        self.backend.hash_update_fenced(key, chunk, &[], f),
+                    )
+                    .await?
+                }
+                None => timed("hash_update", self.backend.hash_update(key, chunk, &[])).await?,
             }
         }
         for chunk in remove.chunks(self.batch_keys()) {
             match fence {
-                Some(f) => self.backend.hash_update_fenced(key, &[], chunk, f).await?,
-                None => self.backend.hash_update(key, &[], chunk).await?,
+                Some(f) => {
+                    timed(
+                        "hash_update",
+                        self.backend.hash_update_fenced(key, &[], chunk, f),
+                    )
+                    .await?
+                }
+                None => timed("hash_update", self.backend.hash_update(key, &[], chunk)).await?,
             }
         }
         Ok(())
@@ -225,7 +238,7 @@ impl Cache {
     pub async fn put_if_absent(&self, key: &str, value: Bytes, ttl: Duration) -> Result<bool> {
         validate_key(key)?;
         self.caps.check_value_len(key, value.len())?;
-        self.backend.put_if_absent(key, value, ttl).await
+        timed("put_if_absent", self.backend.put_if_absent(key, value, ttl)).await
     }
 
     /// Replaces or deletes `key` only if it holds `expected` (see
@@ -241,17 +254,21 @@ impl Cache {
         if let Some(v) = &new {
             self.caps.check_value_len(key, v.len())?;
         }
-        self.backend.swap_if_equal(key, expected, new, ttl).await
+        timed(
+            "swap_if_equal",
+            self.backend.swap_if_equal(key, expected, new, ttl),
+        )
+        .await
     }
 
     /// The server's memory and eviction statistics (see [`CacheBackend::server_stats`]).
     pub async fn server_stats(&self) -> Result<Option<ServerStats>> {
-        self.backend.server_stats().await
+        timed("server_stats", self.backend.server_stats()).await
     }
 
     /// Makes completed writes durable.
     pub async fn flush(&self) -> Result<()> {
-        self.backend.flush().await
+        timed("flush", self.backend.flush()).await
     }
 
     fn expect_len(&self, op: &str, want: usize, got: usize) -> Result<()> {
@@ -266,6 +283,19 @@ impl Cache {
             ),
         ))
     }
+}
+
+/// Awaits one backend call, recording its wall time in `tcache_backend_op_duration_seconds`
+/// and an error in `tcache_backend_errors_total`, labelled `op`: one clock read per batch.
+async fn timed<T>(op: &'static str, call: impl Future<Output = Result<T>>) -> Result<T> {
+    let started = Instant::now();
+    let r = call.await;
+    metrics::histogram!("tcache_backend_op_duration_seconds", "op" => op)
+        .record(started.elapsed().as_secs_f64());
+    if r.is_err() {
+        metrics::counter!("tcache_backend_errors_total", "op" => op).increment(1);
+    }
+    r
 }
 
 fn validate_keys(keys: &[String]) -> Result<()> {

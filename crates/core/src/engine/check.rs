@@ -19,6 +19,7 @@ use crate::config::EngineConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::key::ContentHash;
 use crate::format::record::Record;
+use crate::history::Recorder;
 use crate::index::{IndexEntry, IndexSnapshot};
 use crate::source::Source;
 use crate::source::scan::{Scan, SourceFile};
@@ -27,6 +28,7 @@ use crate::source::scan::{Scan, SourceFile};
 #[derive(Debug)]
 pub struct Checker {
     pub(super) ctx: Ctx,
+    pub(super) history: Recorder,
 }
 
 /// The report under construction: every phase records what it found here, once, so the
@@ -75,8 +77,11 @@ struct Comparison<'a> {
 impl Checker {
     /// Validates the configuration and loads persisted fingerprints.
     pub fn new(backend: Arc<dyn CacheBackend>, config: EngineConfig) -> Result<Self> {
+        let record_history = config.record_history;
+        let ctx = Ctx::new(backend, config)?;
         Ok(Checker {
-            ctx: Ctx::new(backend, config)?,
+            history: Recorder::new(&ctx.cache, &ctx.namespace, record_history),
+            ctx,
         })
     }
 
@@ -90,12 +95,17 @@ impl Checker {
     pub async fn check(&self, mode: CheckMode) -> Result<CheckReport> {
         let span = tracing::info_span!("check", namespace = %self.ctx.namespace, ?mode, backend = %self.ctx.cache.describe());
         async {
+            let started = self.history.start();
             let r = self.run_check(mode).await;
             self.ctx.finish();
             match &r {
                 Ok(rep) => record_outcome(rep),
-                Err(e) => tracing::error!(error = %e, "check failed"),
+                Err(e) => {
+                    metrics::counter!("tcache_runs_failed_total", "kind" => "check").increment(1);
+                    tracing::error!(error = %e, "check failed")
+                }
             }
+            self.history.check(started, mode, &r).await;
             r
         }
         .instrument(span)
@@ -362,7 +372,10 @@ fn record_outcome(rep: &CheckReport) {
     ] {
         metrics::gauge!("tcache_inconsistencies", "kind" => kind).set(n as f64);
     }
-    metrics::histogram!("tcache_check_duration_seconds").record(rep.duration.as_secs_f64());
+    metrics::histogram!("tcache_run_duration_seconds", "kind" => "check")
+        .record(rep.duration.as_secs_f64());
+    metrics::gauge!("tcache_last_success_timestamp_seconds", "kind" => "check")
+        .set(crate::time::now_ns() as f64 / 1e9);
     tracing::info!(
         consistent = rep.consistent,
         files = rep.files,

@@ -93,9 +93,13 @@ impl Checker {
         policy: &ResolvePolicy,
     ) -> Result<ResolveReport> {
         let span = tracing::info_span!("resolve", namespace = %self.ctx.namespace, dry_run = policy.dry_run);
+        let started = self.history.start();
+        let began = std::time::Instant::now();
         let r = self.run_resolve(report, policy).instrument(span).await;
         self.ctx.release_lease().await;
         self.ctx.finish();
+        record_metrics(&r, began.elapsed());
+        self.history.resolve(started, policy.dry_run, &r).await;
         r
     }
 
@@ -262,4 +266,23 @@ fn refusal(
         ));
     }
     None
+}
+
+/// Metrics of a resolution (names and meanings: `template_cache_observe::metrics`); a refusal
+/// is counted where it is decided.
+fn record_metrics(r: &Result<ResolveReport>, took: std::time::Duration) {
+    match r {
+        Ok(rep) => {
+            metrics::histogram!("tcache_run_duration_seconds", "kind" => "resolve")
+                .record(took.as_secs_f64());
+            if !rep.dry_run {
+                metrics::gauge!("tcache_last_success_timestamp_seconds", "kind" => "resolve")
+                    .set(crate::time::now_ns() as f64 / 1e9);
+            }
+        }
+        Err(e) if e.kind() == ErrorKind::Refused => {}
+        Err(_) => {
+            metrics::counter!("tcache_runs_failed_total", "kind" => "resolve").increment(1);
+        }
+    }
 }

@@ -13,6 +13,7 @@ use super::report::{Failure, WarmReport};
 use crate::backend::{CacheBackend, ServerStats};
 use crate::config::EngineConfig;
 use crate::error::Result;
+use crate::history::Recorder;
 use crate::index::{IndexEntry, IndexSnapshot};
 use crate::source::Source;
 use crate::source::scan::{Probe, SourceFile, compile_globs};
@@ -23,6 +24,7 @@ pub struct Warmer {
     ctx: Ctx,
     priority: Vec<GlobSet>,
     verify_existing: bool,
+    history: Recorder,
 }
 
 impl Warmer {
@@ -34,8 +36,10 @@ impl Warmer {
             .map(|p| compile_globs("priority", std::slice::from_ref(p)))
             .collect::<Result<_>>()?;
         let verify_existing = config.verify_existing;
+        let record_history = config.record_history;
         let ctx = Ctx::new(backend, config)?;
         Ok(Warmer {
+            history: Recorder::new(&ctx.cache, &ctx.namespace, record_history),
             ctx,
             priority,
             verify_existing,
@@ -66,6 +70,7 @@ impl Warmer {
     pub async fn run_once_until(&self, cancel: &CancellationToken) -> Result<WarmReport> {
         let span = tracing::info_span!("warm", namespace = %self.ctx.namespace, backend = %self.ctx.cache.describe());
         async {
+            let started = self.history.start();
             let r = self.warm(cancel).await;
             self.ctx.release_lease().await;
             self.ctx.finish();
@@ -83,10 +88,11 @@ impl Warmer {
                     );
                 }
                 Err(e) => {
-                    metrics::counter!("tcache_warm_runs_failed_total").increment(1);
+                    metrics::counter!("tcache_runs_failed_total", "kind" => "warm").increment(1);
                     tracing::error!(error = %e, "warm failed");
                 }
             }
+            self.history.warm(started, &r).await;
             r
         }
         .instrument(span)
@@ -128,7 +134,7 @@ impl Warmer {
             let entry = index.entries.get(&f.name);
             indexed += usize::from(entry.is_some());
             let confirmed = entry.filter(|e| !e.pending && !evicted.contains(&f.name));
-            if confirmed.is_some_and(|e| self.ctx.source.known_hash(&f) == Some(e.hash)) {
+            if confirmed.is_some_and(|e| self.ctx.source.known_hash(f) == Some(e.hash)) {
                 report.unchanged += 1;
                 continue;
             }
@@ -402,6 +408,7 @@ fn orphans(scan: &crate::source::scan::Scan, index: &IndexSnapshot) -> Vec<Strin
     gone
 }
 
+/// Metrics of a completed warm run (names and meanings: `template_cache_observe::metrics`).
 fn record_metrics(r: &WarmReport) {
     metrics::counter!("tcache_templates_scanned_total").increment(r.scanned as u64);
     metrics::counter!("tcache_templates_written_total").increment(r.written as u64);
@@ -410,7 +417,13 @@ fn record_metrics(r: &WarmReport) {
     metrics::counter!("tcache_bytes_written_total").increment(r.bytes_written);
     metrics::counter!("tcache_files_hashed_total").increment(r.files_hashed);
     metrics::counter!("tcache_evictions_during_warm_total").increment(r.evicted);
-    metrics::histogram!("tcache_warm_duration_seconds").record(r.duration.as_secs_f64());
+    metrics::histogram!("tcache_run_duration_seconds", "kind" => "warm")
+        .record(r.duration.as_secs_f64());
+    // A completed run is a success; templates that failed are counted above.
+    if !r.cancelled {
+        metrics::gauge!("tcache_last_success_timestamp_seconds", "kind" => "warm")
+            .set(crate::time::now_ns() as f64 / 1e9);
+    }
 }
 
 #[cfg(test)]

@@ -118,6 +118,13 @@ impl Namespace {
         format!("{{{}:index}}:lease", self.0)
     }
 
+    /// The key of the namespace's run history, `{<namespace>:index}:history` (see
+    /// `crate::history`): like the lease key, never a template key, so checks and listings
+    /// ignore it.
+    pub fn history_key(&self) -> String {
+        format!("{{{}:index}}:history", self.0)
+    }
+
     /// The key of one index shard, `<namespace>:index:<generation>:<shard>`.
     pub fn index_shard_key(&self, generation: u64, shard: u32) -> String {
         format!("{}:index:{generation:016x}:{shard}", self.0)
@@ -192,6 +199,13 @@ mod tests {
         assert!(!is_entry_key(&ns.index_shard_key(7, 0)));
         assert_eq!(ns.lease_key(), "{tpl:index}:lease");
         assert!(!is_entry_key(&ns.lease_key()) && !ns.is_template_key(&ns.lease_key()));
+        assert_eq!(ns.history_key(), "{tpl:index}:history");
+        assert!(!is_entry_key(&ns.history_key()) && !ns.is_template_key(&ns.history_key()));
+        assert!(
+            !ns.history_key().starts_with(&ns.prefix()),
+            "not listed with the templates"
+        );
+        crate::backend::validate_key(&ns.history_key()).unwrap();
         // Known vector: SHA-256("a") .
         assert_eq!(
             ns.key_for("a"),
