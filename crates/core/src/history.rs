@@ -873,7 +873,7 @@ pub(crate) struct Started {
 
 /// What the engines append their runs through: never fails a run, never holds it up longer
 /// than [`APPEND_TIMEOUT`].
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Recorder {
     cache: Cache,
     namespace: Namespace,

@@ -211,10 +211,10 @@ impl Engines {
         engine.shared_lease = Some(lease.clone());
         engine.lease.wait = None;
         engine.progress = None;
-        Ok(Engines {
-            warmer: Warmer::new(Arc::clone(backend), engine.clone())?,
-            checker: Checker::new(Arc::clone(backend), engine)?,
-        })
+        let warmer = Warmer::new(Arc::clone(backend), engine)?;
+        // One source of fingerprints for both: checks never re-read what warms read.
+        let checker = warmer.checker();
+        Ok(Engines { warmer, checker })
     }
 }
 

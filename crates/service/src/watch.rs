@@ -2,7 +2,7 @@
 //! followed across deploys that swap a symlink or replace the directory.
 //!
 //! The tree is watched recursively at its canonical path (notify's recommended watcher, inotify
-//! on Linux) and the configured root's parent non-recursively, so that a `current ->
+//! on Linux, debounced here per path) and the configured root's parent non-recursively, so that a `current ->
 //! releases/42` symlink swapped to `releases/43`, or a directory renamed over the root, is
 //! noticed: the service then calls [`TreeWatcher::retarget`].
 
@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+
 use notify::{EventKind, RecursiveMode};
-use notify_debouncer_full::{DebounceEventResult, Debouncer, NoCache, new_debouncer_opt};
 use template_cache_core::{Error, ErrorKind, Result};
 use tokio::sync::mpsc;
 
@@ -62,11 +63,9 @@ impl RootId {
     }
 }
 
-type Inner = Debouncer<notify::RecommendedWatcher, NoCache>;
-
 /// A running watch of one template root.
 pub struct TreeWatcher {
-    debouncer: Inner,
+    watcher: notify::RecommendedWatcher,
     root: PathBuf,
     target: Arc<Mutex<RootId>>,
 }
@@ -79,39 +78,53 @@ impl std::fmt::Debug for TreeWatcher {
     }
 }
 
+/// What the watcher's callback passes to the debouncing thread.
+enum Raw {
+    /// Paths changed at this moment.
+    Paths(Vec<PathBuf>, Instant),
+    /// Events may have been missed.
+    Missed(String),
+}
+
 impl TreeWatcher {
-    /// Starts watching `root`: change events come out of the returned channel at most
-    /// `debounce` (plus a quarter of it) after a path's last change. Fails when watches cannot
-    /// be set up (the inotify watch limit, a filesystem without change events): the caller
-    /// then falls back to polling rescans.
+    /// Starts watching `root`: a changed path comes out of the returned channel once it has
+    /// been quiet for `debounce` (plus at most a quarter of it). Fails when watches cannot be
+    /// set up (the inotify watch limit, a filesystem without change events): the caller then
+    /// falls back to polling rescans.
+    ///
+    /// Reads are dropped as they arrive (the kernel reports every open, and the warmer opens
+    /// every file it reads), and the debouncing thread sleeps while nothing is pending: an
+    /// idle tree costs no CPU.
     pub fn start(
         root: &Path,
         debounce: Duration,
     ) -> Result<(Self, mpsc::UnboundedReceiver<WatchEvent>)> {
         let id = RootId::of(root)?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let (raw_tx, raw_rx) = std::sync::mpsc::channel::<Raw>();
         let target = Arc::new(Mutex::new(id.clone()));
-        let seen = Arc::clone(&target);
-        let handler = move |result: DebounceEventResult| {
-            for event in translate(result, &seen) {
-                // A closed channel: the service is gone; the watcher is dropped with it.
-                let _ = tx.send(event);
-            }
+        let handler = move |result: notify::Result<notify::Event>| {
+            let raw = match result {
+                Err(e) => Raw::Missed(format!("watcher error: {e}")),
+                Ok(e) if e.need_rescan() => Raw::Missed("the watcher's event queue overflowed".into()),
+                Ok(e) if is_read(&e.kind) => return,
+                Ok(e) => Raw::Paths(e.paths, Instant::now()),
+            };
+            // A closed channel: the watcher is being dropped.
+            let _ = raw_tx.send(raw);
         };
         let config = notify::Config::default().with_follow_symlinks(false);
-        let mut debouncer = new_debouncer_opt::<_, notify::RecommendedWatcher, NoCache>(
-            debounce,
-            Some((debounce / 4).max(Duration::from_millis(1))),
-            handler,
-            NoCache,
-            config,
-        )
-        .map_err(|e| watch_error(root, e))?;
-        debouncer
-            .watch(&id.path, RecursiveMode::Recursive)
+        let mut watcher = <notify::RecommendedWatcher as notify::Watcher>::new(handler, config)
+            .map_err(|e| watch_error(root, e))?;
+        notify::Watcher::watch(&mut watcher, &id.path, RecursiveMode::Recursive)
             .map_err(|e| watch_error(&id.path, e))?;
+        let seen = Arc::clone(&target);
+        std::thread::Builder::new()
+            .name("tcache-debounce".into())
+            .spawn(move || debounce_loop(&raw_rx, &tx, debounce, &seen))
+            .map_err(|e| Error::new(ErrorKind::Unexpected, format!("cannot start the debouncing thread: {e}")))?;
         let mut watcher = TreeWatcher {
-            debouncer,
+            watcher,
             root: root.to_owned(),
             target,
         };
@@ -127,14 +140,15 @@ impl TreeWatcher {
     /// Resolves the root again; if it leads elsewhere now, watches the new tree instead of the
     /// old one and returns `true`.
     pub fn retarget(&mut self) -> Result<bool> {
+        use notify::Watcher;
         let now = RootId::of(&self.root)?;
         let old = self.target();
         if now == old {
             return Ok(false);
         }
         // The old tree may be gone already: failing to unwatch it is expected.
-        let _ = self.debouncer.unwatch(&old.path);
-        self.debouncer
+        let _ = self.watcher.unwatch(&old.path);
+        self.watcher
             .watch(&now.path, RecursiveMode::Recursive)
             .map_err(|e| watch_error(&now.path, e))?;
         tracing::info!(from = %old.path.display(), to = %now.path.display(), "template root moved; watching its new target");
@@ -143,13 +157,20 @@ impl TreeWatcher {
     }
 
     fn watch_parent(&mut self) {
+        use notify::Watcher;
         let Some(parent) = self.root.parent().filter(|p| !p.as_os_str().is_empty()) else {
             return;
         };
-        if let Err(e) = self.debouncer.watch(parent, RecursiveMode::NonRecursive) {
+        if let Err(e) = self.watcher.watch(parent, RecursiveMode::NonRecursive) {
             tracing::warn!(dir = %parent.display(), error = %e, "cannot watch the root's parent directory; a swapped root is noticed at the next rescan");
         }
     }
+}
+
+/// Whether an event only reports a read (an open, a close after reading).
+fn is_read(kind: &EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    matches!(kind, EventKind::Access(a) if !matches!(a, AccessKind::Close(AccessMode::Write)))
 }
 
 fn lock(m: &Mutex<RootId>) -> std::sync::MutexGuard<'_, RootId> {
@@ -169,60 +190,75 @@ fn watch_error(path: &Path, e: notify::Error) -> Error {
     )
 }
 
-/// Turns a debounced batch into what the service acts on.
-fn translate(result: DebounceEventResult, target: &Mutex<RootId>) -> Vec<WatchEvent> {
-    let events = match result {
-        Ok(events) => events,
-        Err(errors) => {
-            let why = errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
-            return vec![WatchEvent::Missed(format!("watcher error: {why}"))];
+/// Collects raw events and emits each path once it has been quiet for `debounce`; blocks
+/// while nothing is pending. Ends when the watcher is dropped or the service is gone.
+fn debounce_loop(
+    raw: &std::sync::mpsc::Receiver<Raw>,
+    out: &mpsc::UnboundedSender<WatchEvent>,
+    debounce: Duration,
+    target: &Mutex<RootId>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let tick = (debounce / 4).max(Duration::from_millis(1));
+    // Each pending path: when it first and last changed.
+    let mut pending: HashMap<PathBuf, (Instant, Instant)> = HashMap::new();
+    loop {
+        let msg = if pending.is_empty() {
+            raw.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            raw.recv_timeout(tick)
+        };
+        match msg {
+            Ok(Raw::Paths(paths, at)) => {
+                for p in paths {
+                    pending.entry(p).or_insert((at, at)).1 = at;
+                }
+            }
+            Ok(Raw::Missed(why)) => {
+                if out.send(WatchEvent::Missed(why)).is_err() {
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
         }
-    };
-    let root = lock(target).path.clone();
-    let mut out = Vec::new();
-    let mut paths = std::collections::BTreeSet::new();
-    let mut since: Option<Instant> = None;
-    let mut root_moved = false;
-    for e in events {
-        if e.need_rescan() {
-            out.push(WatchEvent::Missed(
-                "the watcher's event queue overflowed".into(),
-            ));
+        let now = Instant::now();
+        if !pending.values().any(|(_, last)| now.duration_since(*last) >= debounce) {
             continue;
         }
-        // Reads (opens, closes without writing) change nothing: the warmer's own reads would
-        // otherwise trigger it again.
-        if let EventKind::Access(a) = e.kind
-            && !matches!(
-                a,
-                notify::event::AccessKind::Close(notify::event::AccessMode::Write)
-            )
-        {
-            continue;
-        }
-        for p in &e.paths {
+        let root = lock(target).path.clone();
+        let mut paths = Vec::new();
+        let mut since: Option<Instant> = None;
+        let mut root_moved = false;
+        pending.retain(|p, (first, last)| {
+            if now.duration_since(*last) < debounce {
+                return true;
+            }
             if p.starts_with(&root) && p != &root {
-                paths.insert(p.clone());
-                since = Some(since.map_or(e.time, |s| s.min(e.time)));
+                paths.push(p.clone());
+                since = Some(since.map_or(*first, |s| s.min(*first)));
             } else {
                 root_moved = true;
             }
+            false
+        });
+        let mut sent = true;
+        if root_moved {
+            sent &= out.send(WatchEvent::RootMoved).is_ok();
+        }
+        if !paths.is_empty() {
+            paths.sort();
+            sent &= out
+                .send(WatchEvent::Changed {
+                    paths,
+                    since: since.unwrap_or(now),
+                })
+                .is_ok();
+        }
+        if !sent {
+            return;
         }
     }
-    if root_moved {
-        out.push(WatchEvent::RootMoved);
-    }
-    if !paths.is_empty() {
-        out.push(WatchEvent::Changed {
-            paths: paths.into_iter().collect(),
-            since: since.unwrap_or_else(Instant::now),
-        });
-    }
-    out
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ pub(crate) struct Ctx {
     pub source: Arc<Source>,
     pub throttle: Throttle,
     pub retry: RetryPolicy,
-    pub limiters: Limiters,
+    pub limiters: Arc<Limiters>,
     pub progress: Option<ProgressHandle>,
     pub lease_config: LeaseConfig,
     /// The namespace write lease, while this run writes.
@@ -51,7 +51,7 @@ pub(crate) struct WriteOutcome {
 
 impl Ctx {
     pub fn new(backend: Arc<dyn CacheBackend>, config: EngineConfig) -> Result<Self> {
-        let limiters = Limiters::new(&config.throttle)?;
+        let limiters = Arc::new(Limiters::new(&config.throttle)?);
         config.lease.validate()?;
         config.retry.validate()?;
         let source = Source::new(config.source)?;
@@ -67,6 +67,23 @@ impl Ctx {
             lease_shared: config.shared_lease.is_some(),
             lease: config.shared_lease.unwrap_or_default(),
         })
+    }
+
+    /// Another context over the same cache, source (fingerprints), rate limits and lease: for
+    /// a second engine of the same process.
+    pub fn sibling(&self) -> Ctx {
+        Ctx {
+            cache: self.cache.clone(),
+            namespace: self.namespace.clone(),
+            source: Arc::clone(&self.source),
+            throttle: self.throttle,
+            retry: self.retry,
+            limiters: Arc::clone(&self.limiters),
+            progress: self.progress.clone(),
+            lease_config: self.lease_config,
+            lease_shared: self.lease_shared,
+            lease: self.lease.clone(),
+        }
     }
 
     /// Announces a phase of `total` items to the progress receiver, if any.

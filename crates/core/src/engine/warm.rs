@@ -46,6 +46,15 @@ impl Warmer {
         })
     }
 
+    /// A checker of the same tree and namespace that shares this warmer's fingerprints, rate
+    /// limits and (shared) lease: a service's checks then never re-read what the warmer read.
+    pub fn checker(&self) -> crate::Checker {
+        crate::Checker {
+            ctx: self.ctx.sibling(),
+            history: self.history.clone(),
+        }
+    }
+
     /// The rank of `name` among the priority rules (lower goes first).
     fn rank(&self, name: &str) -> usize {
         self.priority
