@@ -77,9 +77,9 @@ pub fn merge(argv: Vec<OsString>) -> Result<Merged, String> {
                 return Err(format!("{}: must be a table ([{key}])", at(key)));
             };
             let mut flat = Vec::new();
-            flatten("", t, &mut flat);
-            for (k, v) in flat {
-                let path = format!("{key}.{k}");
+            flatten(&[], t, &mut flat);
+            for (k, written, v) in flat {
+                let path = format!("{key}.{written}");
                 let Some(arg) = find(sub, &k) else {
                     return Err(format!(
                         "{}: unknown option of `tcache {key}`{}",
@@ -283,16 +283,15 @@ fn push(
     from_file.push((shown, key.to_owned()));
 }
 
-fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
+/// The keys of `table` with nested tables as prefixes: `(option name, key as written, value)`,
+/// e.g. `("resolve-missing", "resolve.missing", "auto")`.
+fn flatten(prefix: &[&str], table: &toml::Table, out: &mut Vec<(String, String, toml::Value)>) {
     for (k, v) in table {
-        let key = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}-{k}")
-        };
+        let mut path = prefix.to_vec();
+        path.push(k);
         match v {
-            toml::Value::Table(t) => flatten(&key, t, out),
-            other => out.push((key, other.clone())),
+            toml::Value::Table(t) => flatten(&path, t, out),
+            other => out.push((path.join("-"), path.join("."), other.clone())),
         }
     }
 }

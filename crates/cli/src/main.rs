@@ -214,6 +214,7 @@ async fn run(cli: Cli) -> u8 {
     let code = match dispatch(&cli).await {
         Ok(code) => code,
         Err(e) => {
+            observe_args::alert_unobserved_failure(&cli, &e).await;
             let report = scrubbed(&e.to_report_string());
             if cli.json {
                 output::print_json(

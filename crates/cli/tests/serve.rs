@@ -25,6 +25,8 @@ use template_cache_test_servers::{MemcachedServer, RedisServer};
 const GRACE: Duration = Duration::from_secs(2);
 /// How long the service may take to start, take the lease and warm a small tree.
 const READY: Duration = Duration::from_secs(20);
+/// Logged when SIGTERM or SIGINT arrives.
+const STOPPING: &str = "stopping: finishing the batch in flight";
 /// How long a single change may take to land (it takes well under a second on an idle
 /// machine; the margin is for a loaded 2-core machine running other tests).
 const LANDS: Duration = Duration::from_secs(8);
@@ -37,6 +39,8 @@ struct Served {
     name: String,
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// The thread reading stderr: it ends at end of file, once the process has exited.
+    reader: Option<std::thread::JoinHandle<()>>,
     status: Option<ExitStatus>,
 }
 
@@ -49,7 +53,7 @@ impl Served {
         let stderr = child.stderr.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 sink.lock().unwrap().push(line);
@@ -59,6 +63,7 @@ impl Served {
             name: name.to_owned(),
             child,
             lines,
+            reader: Some(reader),
             status: None,
         }
     }
@@ -97,12 +102,23 @@ impl Served {
         (from..lines.len()).find(|&i| lines[i].contains(pattern))
     }
 
-    /// Whether the process has exited (its status is kept).
+    /// Whether the process has exited (its status is kept); once it has, every line it logged
+    /// has been collected.
     fn exited(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
             self.status = self.child.try_wait().unwrap();
         }
+        if self.status.is_some() {
+            self.drain();
+        }
         self.status
+    }
+
+    /// Waits for the reader thread to collect the last lines of an exited process.
+    fn drain(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
     }
 
     /// Waits until a line from `from` on contains `pattern`; returns its index. Panics with the
@@ -114,8 +130,6 @@ impl Served {
                 return i;
             }
             if let Some(status) = self.exited() {
-                // The reader thread may still be draining the last lines.
-                std::thread::sleep(Duration::from_millis(200));
                 if let Some(i) = self.find_from(from, pattern) {
                     return i;
                 }
@@ -157,8 +171,6 @@ impl Served {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.exited() {
-                // Let the reader thread drain the last lines.
-                std::thread::sleep(Duration::from_millis(100));
                 return status;
             }
             assert!(
@@ -579,7 +591,8 @@ fn sigterm_stops_and_releases_the_lease() {
     let status = serve.wait_exit(Duration::from_secs(5));
     eprintln!("exited {:?} after SIGTERM", sent.elapsed());
     assert_eq!(status.code(), Some(0), "{}", serve.log());
-    assert!(serve.count("stopped") > 0, "{}", serve.log());
+    // `stopped` itself is logged only sometimes: see the ignored test below.
+    assert!(serve.count(STOPPING) > 0, "{}", serve.log());
     assert!(serve.count("write lease released") > 0, "{}", serve.log());
     // The namespace is free at once: a warm without --wait-lease is not busy (exit 4).
     std::fs::write(env.root.join("after-stop.html"), "after\n").unwrap();
@@ -597,6 +610,25 @@ fn sigterm_stops_and_releases_the_lease() {
         get(&env, "after-stop.html").as_deref(),
         Some(&b"after\n"[..])
     );
+}
+
+#[test]
+fn sigterm_always_logs_stopped() {
+    let server = RedisServer::start();
+    let env = Env::with_backend(&server.url());
+    // The race is lost about half the time: ten stops show it almost surely.
+    for round in 0..10 {
+        let mut serve = Served::spawn(&format!("serve #{round}"), serve_cmd(&env, env.dir(), &[]));
+        ready(&env, &mut serve, env.dir());
+        serve.signal("TERM");
+        let status = serve.wait_exit(Duration::from_secs(5));
+        assert_eq!(status.code(), Some(0), "{}", serve.log());
+        assert!(
+            serve.count("stopped") > 0,
+            "round {round}: exit 0 without `stopped`\n{}",
+            serve.log()
+        );
+    }
 }
 
 #[test]
@@ -675,8 +707,6 @@ fn an_invalid_config_file_exits_2_naming_the_key() {
 }
 
 #[test]
-#[ignore = "bug: a key of a nested table is named with a dash (`serve.resolve-missing`), not as \
-            written (`serve.resolve.missing`): crates/cli/src/config_file.rs, flatten() and merge()"]
 fn an_invalid_key_of_a_nested_table_is_named_as_written() {
     refused_configs(&[
         (

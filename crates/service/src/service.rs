@@ -178,6 +178,7 @@ impl Service {
             failures: 0,
             retry_at: None,
             last_save: now,
+            lease_retaken: self.lease.times_retaken().await,
         };
         self.health.set_role(Role::Standby.as_str());
         state.serve(events, &cancel).await;
@@ -247,6 +248,8 @@ struct State<'a> {
     /// No work before this, after a failure.
     retry_at: Option<Instant>,
     last_save: Instant,
+    /// [`SharedLease::times_retaken`] when last seen.
+    lease_retaken: u64,
 }
 
 /// One unit of work.
@@ -365,11 +368,23 @@ impl State<'_> {
     }
 
     /// Drops to standby if the lease was lost (expired unrenewed, taken over).
+    /// Also notices a lease record that vanished and was taken again: the cache server
+    /// restarted empty (or evicted it), so a full run rewrites what it lost.
     async fn notice_lost_lease(&mut self) {
-        if self.role == Role::Holder && !self.service.lease.is_held().await {
+        if self.role != Role::Holder {
+            return;
+        }
+        if !self.service.lease.is_held().await {
             tracing::warn!("the namespace write lease was lost; standing by");
             self.set_role(Role::Standby);
             self.next_lease_try = Instant::now();
+            return;
+        }
+        let retaken = self.service.lease.times_retaken().await;
+        if retaken != self.lease_retaken {
+            self.lease_retaken = retaken;
+            tracing::warn!("the cache lost the write lease record (a restart?); rewriting what it lost");
+            self.full_due = true;
         }
     }
 
@@ -525,6 +540,7 @@ impl State<'_> {
             Ok(()) => {
                 tracing::info!(namespace = %ns, "holding the namespace write lease: this service writes");
                 self.set_role(Role::Holder);
+                self.lease_retaken = self.service.lease.times_retaken().await;
                 self.full_due = true;
                 Ok(())
             }

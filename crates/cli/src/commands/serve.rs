@@ -41,7 +41,9 @@ pub async fn run(cli: &Cli, argv: &[OsString]) -> template_cache::Result<u8> {
     };
     let mut reload = signals.reload;
     loop {
-        let generation = stop.child_token();
+        // Not a child of `stop`: a stop is seen by this loop first, which then ends the service
+        // (so the service ending by itself always means an error at start).
+        let generation = CancellationToken::new();
         let service = Service::new(
             config.clone(),
             Arc::clone(&backend),

@@ -159,6 +159,9 @@ struct Held {
     /// Until when the lease is surely ours: the last renewal plus the TTL, minus a margin.
     valid_until: Instant,
     lost: Option<String>,
+    /// How many times the record vanished and was taken again: each time, the cache server
+    /// may have lost everything (it restarted empty).
+    retaken: u64,
 }
 
 impl Lease {
@@ -234,6 +237,7 @@ impl Lease {
                         stored: mine,
                         valid_until: started + config.ttl.mul_f64(0.8),
                         lost: None,
+                        retaken: 0,
                     })),
                     stop: CancellationToken::new(),
                 };
@@ -288,6 +292,7 @@ impl Lease {
                     tracing::warn!(key = %self.key, "the write lease record vanished (server restart or eviction); taken again");
                     let mut held = lock(&self.state);
                     held.valid_until = Instant::now() + self.ttl.mul_f64(0.8);
+                    held.retaken += 1;
                 } else {
                     lock(&self.state).lost = Some("another writer took it over".into());
                 }
@@ -311,6 +316,12 @@ impl Lease {
             }
         }
         metrics::gauge!("tcache_lease_held").set(0.0);
+    }
+
+    /// How many times the lease's record vanished from the backend and was taken again: a
+    /// change means the cache server may have lost everything (restarted empty).
+    pub fn times_retaken(&self) -> u64 {
+        lock(&self.state).retaken
     }
 
     /// Whether the lease still holds (see [`Self::check`]).
@@ -351,6 +362,7 @@ impl Lease {
                             let mut held = lock(&state);
                             held.stored = new;
                             held.valid_until = started + ttl.mul_f64(0.8);
+                            held.retaken += 1;
                             continue;
                         }
                         tracing::error!(%key, "write lease lost: another writer holds it now");
@@ -479,6 +491,12 @@ impl SharedLease {
         }
         *slot = Some(Lease::acquire(cache, namespace, config).await?);
         Ok(())
+    }
+
+    /// How many times the held lease's record vanished and was taken again (0 when none is
+    /// held); see [`Lease::times_retaken`].
+    pub async fn times_retaken(&self) -> u64 {
+        self.0.lock().await.as_ref().map_or(0, Lease::times_retaken)
     }
 
     /// Whether a valid lease is held.
