@@ -93,7 +93,10 @@ async fn run(url: &str, root: &Path, names: Vec<String>, edits: usize) {
 
     // Bursts: 1,000 existing files rewritten at once (a `git checkout`), and 1,000 new files
     // in a new directory (a tar extract: one directory event, then a rescan).
-    for (label, fresh) in [("burst of 1,000 edits", false), ("burst of 1,000 new files", true)] {
+    for (label, fresh) in [
+        ("burst of 1,000 edits", false),
+        ("burst of 1,000 new files", true),
+    ] {
         let mut bursts = Vec::new();
         let mut after_last = Vec::new();
         for round in 0..5 {

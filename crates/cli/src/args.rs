@@ -141,7 +141,13 @@ pub struct Cli {
     pub config: Option<PathBuf>,
     /// Log format on stderr: human (the default) or json (one object per line, for log
     /// shippers).
-    #[arg(long, global = true, value_enum, value_name = "FORMAT", default_value = "human")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        default_value = "human"
+    )]
     pub log_format: LogFormat,
     /// Write the metrics of this run to FILE when the command ends (also on failure), in the
     /// Prometheus text format of node_exporter's textfile collector (FILE is replaced

@@ -290,7 +290,9 @@ async fn dispatch(cli: &Cli) -> template_cache::Result<u8> {
 }
 
 /// The namespace and the opened backend of a command that uses the cache.
-pub(crate) async fn connect(cli: &Cli) -> template_cache::Result<(Arc<dyn CacheBackend>, Namespace)> {
+pub(crate) async fn connect(
+    cli: &Cli,
+) -> template_cache::Result<(Arc<dyn CacheBackend>, Namespace)> {
     let namespace = Namespace::new(&cli.namespace).map_err(|e| e.context("--namespace"))?;
     let url = backend_url(cli)?;
     let backend = template_cache::open(&url).await?;

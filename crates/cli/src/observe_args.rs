@@ -7,12 +7,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
 use template_cache_observe::{AlertConfig, AlertContext, Alerter};
 
-use crate::args::{count_in, duration_in, ratio};
+use crate::args::{Cli, Command, count_in, duration_in, ratio};
 
 /// `--alert-inconsistencies`.
 pub const ALERT_INCONSISTENCIES_RANGE: (u64, u64) = (1, 1_000_000_000);
@@ -101,7 +102,7 @@ pub struct AlertArgs {
 #[derive(Args, Debug, Clone, Default)]
 pub struct ObserveArgs {
     /// Serve Prometheus metrics on http://HOST:PORT/metrics, with /healthz (alive) and /readyz
-    /// (200 once warm and the backend answers, else 503).
+    /// (200 once warm and the backend answers, else 503); `warm` needs --interval.
     #[arg(long, value_name = "HOST:PORT", value_parser = listen_addr)]
     pub metrics_addr: Option<String>,
     #[command(flatten)]
@@ -125,26 +126,87 @@ impl AlertArgs {
         }
     }
 
-    /// The alerter of these flags, or `None` when no alert flag was given. With `state_dir`
-    /// (one-shot commands), the firing conditions persist in a file there, one per backend and
-    /// namespace, so that repeated runs alert once per condition until it clears. Secrets the
-    /// process knows are scrubbed from every alert.
+    /// The alerter of these flags for `cli`'s backend and namespace, or `None` when no alert
+    /// flag was given. A `one_shot` command keeps which conditions fire in a file under the
+    /// state directory, one per backend and namespace, so that repeated runs alert once per
+    /// condition until it clears. Secrets the process knows are scrubbed from every alert.
     pub fn alerter(
         &self,
-        namespace: &str,
-        backend: &str,
-        state_dir: Option<&Path>,
+        cli: &Cli,
+        one_shot: bool,
     ) -> template_cache::Result<Option<Arc<Alerter>>> {
         let config = self.config();
         if !config.is_configured() {
             return Ok(None);
         }
-        let context = AlertContext::new(namespace, backend);
-        let state = state_dir.map(|d| alert_state_file(d, &context.backend, namespace));
+        let context = AlertContext::new(&cli.namespace, &cli.backend);
+        let state = one_shot.then(|| {
+            alert_state_file(
+                &crate::commands::state_dir(cli),
+                &context.backend,
+                &cli.namespace,
+            )
+        });
         Alerter::with_scrubber(config, context, state.as_deref(), crate::scrubbed)
             .map(Some)
             .map_err(|e| e.context("alert flags"))
     }
+}
+
+/// Whether the command's alerter saw the outcome of a warm or a check run.
+static RUN_OBSERVED: AtomicBool = AtomicBool::new(false);
+
+/// Feeds a warm run's outcome to `alerter`, if there is one.
+pub fn observe_warm(
+    alerter: Option<&Arc<Alerter>>,
+    outcome: &template_cache::Result<template_cache::WarmReport>,
+) {
+    if let Some(a) = alerter {
+        RUN_OBSERVED.store(true, Ordering::SeqCst);
+        a.observe_warm(outcome);
+    }
+}
+
+/// Feeds a check's outcome to `alerter`, if there is one.
+pub fn observe_check(
+    alerter: Option<&Arc<Alerter>>,
+    outcome: &template_cache::Result<template_cache::CheckReport>,
+) {
+    if let Some(a) = alerter {
+        RUN_OBSERVED.store(true, Ordering::SeqCst);
+        match outcome {
+            Ok(report) => a.observe_check(report),
+            Err(e) => a.observe_check_failed(e),
+        }
+    }
+}
+
+/// Alerts on `error`, the failure of `cli`'s command, if it failed before a warm or a check
+/// ran (the backend could not be opened, the template directory is missing, the metrics
+/// address is taken): `warm_failed` or `check_failed`, and the backend unreachable when it is.
+pub async fn alert_unobserved_failure(cli: &Cli, error: &template_cache::Error) {
+    if RUN_OBSERVED.load(Ordering::SeqCst) {
+        return;
+    }
+    let (alerts, one_shot) = match &cli.command {
+        Command::Warm(a) => (&a.observe.alerts, a.interval.is_none()),
+        Command::Check(a) => (&a.alerts, true),
+        _ => return,
+    };
+    let alerter = match alerts.alerter(cli, one_shot) {
+        Ok(Some(a)) => a,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e.to_report_string(), "cannot raise an alert");
+            return;
+        }
+    };
+    match &cli.command {
+        Command::Warm(_) => alerter.observe_warm(&Err(error.clone())),
+        _ => alerter.observe_check_failed(error),
+    }
+    alerter.tick();
+    flush(Some(&alerter)).await;
 }
 
 /// The alert state file of `namespace` on `backend` (redacted) under `state_dir`.

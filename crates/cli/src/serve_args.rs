@@ -106,6 +106,8 @@ pub struct ServeArgs {
     /// (1s to 10m); a second signal exits at once.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration_in(SHUTDOWN_RANGE.0, SHUTDOWN_RANGE.1))]
     pub shutdown_timeout: Duration,
+    #[command(flatten)]
+    pub observe: crate::observe_args::ObserveArgs,
 }
 
 /// A parser of periods: 0 (off), or from 1 s to 365 days.

@@ -359,6 +359,30 @@ fn repeated_checks_alert_once_then_resolve_once() {
 }
 
 #[test]
+fn a_check_that_cannot_reach_its_backend_alerts_once() {
+    let env = Env::with_backend(&format!("redis://127.0.0.1:{}/0", free_port()));
+    let (url, got) = webhook_receiver();
+    for _ in 0..2 {
+        let out = env.run(&["check", env.dir(), "--alert-webhook", &url]);
+        assert_eq!(out.status.code(), Some(2));
+    }
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["status"], "firing");
+    assert_eq!(got[0]["condition"], "check_failed");
+    assert_eq!(got[0]["details"]["error_kind"], "unavailable");
+
+    // A warm whose tree is missing fails before it runs: alerted too.
+    let env = Env::new();
+    let (url, got) = webhook_receiver();
+    let out = env.run(&["warm", "/does/not/exist", "--alert-webhook", &url]);
+    assert_eq!(out.status.code(), Some(2));
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["condition"], "warm_failed");
+}
+
+#[test]
 fn one_shot_commands_write_a_textfile_for_node_exporter() {
     let env = Env::new();
     let dir = env.tmp.path().join("textfiles");
@@ -449,5 +473,99 @@ fn json_logs_are_one_object_per_line_without_secrets() {
         text.lines()
             .all(|l| serde_json::from_str::<Value>(l).is_err()),
         "{text}"
+    );
+}
+
+#[test]
+fn a_running_service_serves_metrics_and_alerts_once_then_resolves() {
+    let server = RedisServer::start();
+    let env = Env::with_backend(&server.url());
+    let (url, got) = webhook_receiver();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let err = std::fs::File::create(env.tmp.path().join("serve.err")).unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let _serve = Running(
+        env.cmd(&[
+            "-v",
+            "serve",
+            env.dir(),
+            "--metrics-addr",
+            &addr,
+            "--alert-webhook",
+            &url,
+            "--alert-inconsistencies",
+            "1",
+            "--check-every",
+            "1s",
+            "--check-jitter",
+            "0s",
+        ])
+        .stderr(err)
+        .spawn()
+        .unwrap(),
+    );
+    let ready = wait_for("/readyz 200", Duration::from_secs(20), || {
+        get(&format!("{base}/readyz")).filter(|(s, _)| *s == 200)
+    });
+    assert!(ready.1.contains("holder"), "{}", ready.1);
+    assert_eq!(get(&format!("{base}/healthz")).map(|r| r.0), Some(200));
+    let scrape = || parse(&get(&format!("{base}/metrics")).unwrap().1);
+    let first = scrape();
+    assert_eq!(value(&first, "tcache_lease_held", &[]), Some(1.0));
+    let written = value(&first, "tcache_templates_written_total", &[]).unwrap_or(0.0);
+    assert!(written >= template_count(&env.root) as f64, "{written}");
+
+    // An edit moves the counters and the change-to-cache histogram.
+    std::fs::write(env.root.join("added-by-test.html"), "new\n").unwrap();
+    wait_for("the edit in the metrics", Duration::from_secs(10), || {
+        let s = scrape();
+        (value(&s, "tcache_templates_written_total", &[]).unwrap_or(0.0) > written
+            && observations(&s, "tcache_change_to_cache_seconds", &[]) >= 1.0)
+            .then_some(())
+    });
+
+    // An entry lost from the cache: the next scheduled check finds it missing (one alert),
+    // resolves it, and the check after that is clean (one "resolved").
+    let key = template_cache::Namespace::new(template_cache::DEFAULT_NAMESPACE)
+        .unwrap()
+        .key_for("added-by-test.html");
+    server.cli(&["DEL", &key]);
+    let statuses = || -> Vec<(String, String)> {
+        got.lock()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["status"].as_str().unwrap().to_owned(),
+                    v["condition"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let expected = [
+        ("firing".to_owned(), "inconsistencies".to_owned()),
+        ("resolved".to_owned(), "inconsistencies".to_owned()),
+    ];
+    wait_for(
+        "a firing then a resolved alert",
+        Duration::from_secs(20),
+        || (statuses() == expected).then_some(()),
+    );
+    let body = got.lock().unwrap()[0].clone();
+    assert_eq!(body["details"]["missing"], 1, "{body}");
+    // No second alert while later checks stay clean.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(statuses(), expected);
+    let last = scrape();
+    assert_eq!(
+        value(&last, "tcache_inconsistencies", &[("kind", "missing")]),
+        Some(0.0)
+    );
+    assert!(observations(&last, "tcache_run_duration_seconds", &[("kind", "check")]) >= 2.0);
+    assert!(observations(&last, "tcache_run_duration_seconds", &[("kind", "resolve")]) >= 1.0);
+    assert_eq!(
+        env.run(&["get", "added-by-test.html"]).stdout,
+        b"new\n".to_vec()
     );
 }

@@ -53,6 +53,8 @@ pub trait Observer: Send + Sync {
     fn lease(&self, held: bool) {
         let _ = held;
     }
+    /// A standby found the lease held by another service, which keeps the namespace warm.
+    fn standing_by(&self) {}
     /// Called every turn of the loop, at least every few seconds: time-based conditions.
     fn tick(&self) {}
 }
@@ -383,7 +385,9 @@ impl State<'_> {
         let retaken = self.service.lease.times_retaken().await;
         if retaken != self.lease_retaken {
             self.lease_retaken = retaken;
-            tracing::warn!("the cache lost the write lease record (a restart?); rewriting what it lost");
+            tracing::warn!(
+                "the cache lost the write lease record (a restart?); rewriting what it lost"
+            );
             self.full_due = true;
         }
     }
@@ -395,7 +399,6 @@ impl State<'_> {
         self.role = role;
         self.service.health.set_role(role.as_str());
         self.service.observer.lease(role == Role::Holder);
-        metrics::gauge!("tcache_service_holder").set(f64::from(u8::from(role == Role::Holder)));
     }
 
     /// The most urgent work due at `now`, if any.
@@ -545,6 +548,7 @@ impl State<'_> {
                 Ok(())
             }
             Err(e) if e.kind() == ErrorKind::Conflict => {
+                self.service.observer.standing_by();
                 if !self.ready_once {
                     tracing::info!(reason = %e, "standing by: another service writes this namespace");
                     self.ready_once = true;

@@ -106,7 +106,9 @@ impl TreeWatcher {
         let handler = move |result: notify::Result<notify::Event>| {
             let raw = match result {
                 Err(e) => Raw::Missed(format!("watcher error: {e}")),
-                Ok(e) if e.need_rescan() => Raw::Missed("the watcher's event queue overflowed".into()),
+                Ok(e) if e.need_rescan() => {
+                    Raw::Missed("the watcher's event queue overflowed".into())
+                }
                 Ok(e) if is_read(&e.kind) => return,
                 Ok(e) => Raw::Paths(e.paths, Instant::now()),
             };
@@ -122,7 +124,12 @@ impl TreeWatcher {
         std::thread::Builder::new()
             .name("tcache-debounce".into())
             .spawn(move || debounce_loop(&raw_rx, &tx, debounce, &seen))
-            .map_err(|e| Error::new(ErrorKind::Unexpected, format!("cannot start the debouncing thread: {e}")))?;
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Unexpected,
+                    format!("cannot start the debouncing thread: {e}"),
+                )
+            })?;
         let mut watcher = TreeWatcher {
             watcher,
             root: root.to_owned(),
@@ -223,7 +230,10 @@ fn debounce_loop(
             Err(RecvTimeoutError::Disconnected) => return,
         }
         let now = Instant::now();
-        if !pending.values().any(|(_, last)| now.duration_since(*last) >= debounce) {
+        if !pending
+            .values()
+            .any(|(_, last)| now.duration_since(*last) >= debounce)
+        {
             continue;
         }
         let root = lock(target).path.clone();

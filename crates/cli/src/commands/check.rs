@@ -17,10 +17,7 @@ pub async fn run(
     ns: Namespace,
     args: &CheckArgs,
 ) -> template_cache::Result<u8> {
-    let state_dir = super::state_dir(cli);
-    let alerter = args
-        .alerts
-        .alerter(ns.as_str(), &backend.describe(), Some(&state_dir))?;
+    let alerter = args.alerts.alerter(cli, true)?;
     let code = check(cli, backend, ns, args, alerter.as_ref()).await;
     if let Some(a) = &alerter {
         a.tick();
@@ -46,11 +43,7 @@ async fn check(
         CheckMode::Quick
     };
     let report = checker.check(mode).await;
-    match (alerter, &report) {
-        (Some(a), Ok(r)) => a.observe_check(r),
-        (Some(a), Err(e)) => a.observe_check_failed(e),
-        (None, _) => {}
-    }
+    observe_args::observe_check(alerter, &report);
     let report = report?;
     if !args.fix {
         output::check(cli.json, &report, None, &backend.describe());

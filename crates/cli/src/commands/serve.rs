@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use template_cache::{CacheBackend, CancellationToken, Error, ErrorKind, SharedLease, url::redact};
+use template_cache::{CheckReport, ResolveReport, Result, WarmReport};
 use template_cache_observe::health::Health;
+use template_cache_observe::{Alerter, MetricsServer};
 use template_cache_service::{
-    CheckWindows, Mode, NoObserver, ResolveModes, ServeConfig, Service, Thresholds,
+    CheckWindows, Mode, Observer, ResolveModes, ServeConfig, Service, Thresholds,
 };
 
 use crate::EXIT_OK;
@@ -36,6 +38,17 @@ pub async fn run(cli: &Cli, argv: &[OsString]) -> template_cache::Result<u8> {
     let health = Arc::new(Health::new());
     let lease = SharedLease::new();
     let stop = signals.stop.clone();
+    template_cache_observe::metrics::install()?;
+    // The endpoint lives as long as the process: a reload does not move it.
+    let endpoint = match &args.observe.metrics_addr {
+        Some(addr) => {
+            let server = MetricsServer::start(addr, Arc::clone(&health), stop.clone()).await?;
+            tracing::info!(addr = %server.local_addr(), "metrics, /healthz and /readyz served");
+            Some(server)
+        }
+        None => None,
+    };
+    let mut alerter = args.observe.alerts.alerter(cli, false)?;
     let Some(mut backend) = open_backend(cli, &stop, &health).await? else {
         return Ok(EXIT_OK);
     };
@@ -49,7 +62,7 @@ pub async fn run(cli: &Cli, argv: &[OsString]) -> template_cache::Result<u8> {
             Arc::clone(&backend),
             lease.clone(),
             Arc::clone(&health),
-            Arc::new(NoObserver),
+            Arc::new(Alerts(alerter.clone())),
         )?;
         tracing::info!(
             dir = %config.engine.source.root.display(),
@@ -63,6 +76,7 @@ pub async fn run(cli: &Cli, argv: &[OsString]) -> template_cache::Result<u8> {
             tokio::select! {
                 r = &mut task => {
                     lease.release().await;
+                    crate::observe_args::flush(alerter.as_ref()).await;
                     return match r {
                         Ok(Ok(())) => Ok(EXIT_OK),
                         Ok(Err(e)) => Err(e),
@@ -86,9 +100,24 @@ pub async fn run(cli: &Cli, argv: &[OsString]) -> template_cache::Result<u8> {
         }
         let Some((new_cli, new_config, new_timeout)) = next else {
             lease.release().await;
+            if let Some(a) = &alerter {
+                a.observe_lease_released();
+            }
+            crate::observe_args::flush(alerter.as_ref()).await;
+            if let Some(e) = endpoint {
+                e.stopped().await;
+            }
             tracing::info!("stopped");
             return Ok(EXIT_OK);
         };
+        if let Command::Serve(new_args) = &new_cli.command {
+            if new_args.observe.metrics_addr != args.observe.metrics_addr {
+                tracing::warn!(
+                    "a new --metrics-addr takes effect at the next restart, not on reload"
+                );
+            }
+            alerter = new_args.observe.alerts.alerter(&new_cli, false)?;
+        }
         let new_key = (new_cli.backend.clone(), new_cli.namespace.clone());
         if new_key != backend_key {
             lease.release().await;
@@ -233,5 +262,56 @@ impl Signals {
             }
         });
         Ok(Signals { stop, reload })
+    }
+}
+
+/// What the service does, fed to the alerter (when alert flags are given).
+struct Alerts(Option<Arc<Alerter>>);
+
+impl Observer for Alerts {
+    fn warmed(&self, report: &Result<WarmReport>, _full: bool, _latency: Option<Duration>) {
+        if let Some(a) = &self.0 {
+            a.observe_warm(report);
+        }
+    }
+
+    fn checked(&self, report: &Result<CheckReport>) {
+        if let Some(a) = &self.0 {
+            match report {
+                Ok(r) => a.observe_check(r),
+                Err(e) => a.observe_check_failed(e),
+            }
+        }
+    }
+
+    fn resolved(&self, report: &Result<ResolveReport>) {
+        if let Some(a) = &self.0 {
+            a.observe_resolve(report);
+        }
+    }
+
+    fn backend(&self, reachable: bool) {
+        if let Some(a) = &self.0 {
+            a.observe_backend(reachable);
+        }
+    }
+
+    fn lease(&self, held: bool) {
+        if let Some(a) = &self.0 {
+            a.observe_lease(held);
+        }
+    }
+
+    fn standing_by(&self) {
+        // Another holder keeps the namespace warm: no "no successful warm" from a standby.
+        if let Some(a) = &self.0 {
+            a.observe_warm(&Ok(WarmReport::default()));
+        }
+    }
+
+    fn tick(&self) {
+        if let Some(a) = &self.0 {
+            a.tick();
+        }
     }
 }

@@ -24,11 +24,7 @@ pub async fn run(
     ns: Namespace,
     args: &WarmArgs,
 ) -> template_cache::Result<u8> {
-    let state_dir = args.interval.is_none().then(|| super::state_dir(cli));
-    let alerter =
-        args.observe
-            .alerts
-            .alerter(ns.as_str(), &backend.describe(), state_dir.as_deref())?;
+    let alerter = args.observe.alerts.alerter(cli, args.interval.is_none())?;
     let code = warm(cli, backend, ns, args, alerter.as_ref()).await;
     if let Some(a) = &alerter {
         a.tick();
@@ -57,9 +53,7 @@ async fn warm(
     let describe = backend.describe();
     let Some(interval) = args.interval else {
         let report = warmer.run_once_until(&cancel).await;
-        if let Some(a) = alerter {
-            a.observe_warm(&report);
-        }
+        observe_args::observe_warm(alerter, &report);
         let report = report?;
         let prune = if args.prune && !report.cancelled && !cancel.is_cancelled() {
             let pruned = prune(&backend, &cfg, args).await;
@@ -165,9 +159,7 @@ fn observe_run(
             crate::scrubbed(&e.to_report_string())
         )),
     }
-    if let Some(a) = alerter {
-        a.observe_warm(r);
-    }
+    observe_args::observe_warm(alerter, r);
 }
 
 /// Deletes orphaned entries: a quick check (after the warm: fingerprints are fresh), then a

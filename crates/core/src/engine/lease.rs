@@ -481,7 +481,12 @@ impl SharedLease {
     /// Holds the lease of `namespace`: keeps one that is still valid, or takes it as `config`
     /// allows (a lost one is dropped first). Fails with [`ErrorKind::Conflict`] when another
     /// writer holds it.
-    pub async fn hold(&self, cache: &Cache, namespace: &Namespace, config: &LeaseConfig) -> Result<()> {
+    pub async fn hold(
+        &self,
+        cache: &Cache,
+        namespace: &Namespace,
+        config: &LeaseConfig,
+    ) -> Result<()> {
         let mut slot = self.0.lock().await;
         if slot.as_ref().is_some_and(Lease::is_valid) {
             return Ok(());

@@ -296,10 +296,7 @@ impl Warmer {
         dirty.sort_by_cached_key(|f| self.rank(&f.name));
         // The pending marks of these writes carry no previous hash: a pending entry is never
         // trusted, whatever hash it carries.
-        let outcome = self
-            .ctx
-            .write_files(dirty, &HashMap::new(), cancel)
-            .await?;
+        let outcome = self.ctx.write_files(dirty, &HashMap::new(), cancel).await?;
         for f in &outcome.failed {
             source.forget(&f.name);
         }
