@@ -62,8 +62,8 @@ pub struct WarmReport {
     /// run fills it; [`crate::Warmer::warm_changed`] lists the changed names that are gone.
     #[serde(skip)]
     pub orphans: Vec<String>,
-    /// [`crate::Warmer::warm_changed`]: a changed path is a directory (created, moved in or
-    /// out), so only a full run sees what it holds.
+    /// [`crate::Warmer::warm_changed`]: a directory that held known templates is gone, or a
+    /// new one holds too many files to read one by one: only a full run sees it right.
     #[serde(skip)]
     pub needs_full_run: bool,
 }

@@ -259,8 +259,9 @@ impl Warmer {
     /// Trusts that the cache holds what this process last read of every other file, which
     /// holds after a full run ([`Self::run_once`]) by the same writer: a service runs one at
     /// start, after taking the lease, after an outage, and as a periodic backstop. Names that
-    /// are gone and were known are listed in [`WarmReport::orphans`] (nothing is deleted); a
-    /// directory among them sets [`WarmReport::needs_full_run`]. Files that fail are forgotten,
+    /// are gone and were known are listed in [`WarmReport::orphans`] (nothing is deleted); the
+    /// files of a directory among them are listed and written too (more than 50,000, or a gone
+    /// directory that held templates, set [`WarmReport::needs_full_run`]). Files that fail are forgotten,
     /// so the next run reads them again. Fails as a whole when the root is missing or the
     /// write lease cannot be held.
     pub async fn warm_changed(
@@ -273,7 +274,25 @@ impl Warmer {
         let source = &self.ctx.source;
         let mut report = WarmReport::default();
         let mut dirty = Vec::new();
-        for (name, probe) in source.probe(names).await? {
+        let mut probed = source.probe(names).await?;
+        // A directory that appeared (a tar extract, a move): its files, read now, since events
+        // of files created before the watcher saw the directory are lost.
+        let dirs: Vec<String> = probed
+            .iter()
+            .filter(|(_, p)| matches!(p, Probe::Directory))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if !dirs.is_empty() {
+            match source.files_under(dirs, MAX_EXPANDED_FILES).await? {
+                Some(files) => probed.extend(source.probe(files).await?),
+                None => report.needs_full_run = true,
+            }
+        }
+        let mut seen = HashSet::new();
+        for (name, probe) in probed {
+            if !seen.insert(name.clone()) {
+                continue;
+            }
             match probe {
                 Probe::File(f) => {
                     report.scanned += 1;
@@ -285,7 +304,7 @@ impl Warmer {
                 }
                 Probe::Gone if source.knows(&name) => report.orphans.push(name),
                 Probe::Gone => report.needs_full_run |= source.knows_under(&name),
-                Probe::Directory => report.needs_full_run = true,
+                Probe::Directory => {}
                 Probe::Skipped => {}
                 Probe::Failed(e) => {
                     report.scanned += 1;
@@ -399,6 +418,9 @@ fn eviction_message(
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
+
+/// More files than this under new directories: a full run instead of reading them one by one.
+const MAX_EXPANDED_FILES: usize = 50_000;
 
 /// Index entries whose file `scan` did not find, outside the parts of the tree it could not read.
 fn orphans(scan: &crate::source::scan::Scan, index: &IndexSnapshot) -> Vec<String> {

@@ -102,6 +102,40 @@ impl Source {
         .map_err(|e| Error::new(ErrorKind::Unexpected, format!("probe task failed: {e}")))?
     }
 
+    /// The names of the files under directories `dirs` (names relative to the root), off the
+    /// executor, or `None` when there are more than `limit` (a full scan is then cheaper to
+    /// reason about). Symlinked directories are not descended, as in a scan; unreadable parts
+    /// are skipped (a full scan reports them).
+    pub async fn files_under(
+        self: &Arc<Self>,
+        dirs: Vec<String>,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>> {
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let root = std::fs::canonicalize(&this.config.root)
+                .map_err(|e| Error::io(&this.config.root, e).context("template root"))?;
+            let mut names = Vec::new();
+            for dir in dirs {
+                let walker = walkdir::WalkDir::new(root.join(&dir)).follow_links(false);
+                for entry in walker.into_iter().flatten() {
+                    if entry.file_type().is_dir() {
+                        continue;
+                    }
+                    if let Ok(name) = scan::template_name(&root, entry.path()) {
+                        names.push(name);
+                        if names.len() > limit {
+                            return Ok(None);
+                        }
+                    }
+                }
+            }
+            Ok(Some(names))
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Unexpected, format!("walk task failed: {e}")))?
+    }
+
     /// Whether a file `name` was hashed before (whatever its fingerprint now).
     pub fn knows(&self, name: &str) -> bool {
         self.lock().contains(name)
