@@ -383,6 +383,58 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_parses_with_every_key() {
+        use clap::{CommandFactory, Parser};
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/serve.toml");
+        let m = merge(vec![
+            "tcache".into(),
+            "--config".into(),
+            file.into(),
+            "serve".into(),
+        ])
+        .unwrap();
+        let cli = Cli::try_parse_from(&m.argv).unwrap_or_else(|e| panic!("{e}"));
+        let crate::args::Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        assert_eq!(args.time_zone, "Europe/Paris");
+        assert_eq!(args.check_windows, ["01:00-05:00"]);
+        assert_eq!(args.max_delete_ratio, 0.25);
+        assert_eq!(args.observe.metrics_addr.as_deref(), Some("127.0.0.1:9187"));
+        assert_eq!(cli.namespace, "tpl");
+
+        // Every option of serve, and every global one, is in the file (set or commented out).
+        let text = std::fs::read_to_string(file).unwrap();
+        let mut keys = std::collections::HashSet::new();
+        let mut table = String::new();
+        for line in text.lines() {
+            let line = line.trim_start_matches(['#', ' ']);
+            if let Some(t) = line.strip_prefix('[') {
+                table = t.trim_end_matches(']').replace('.', "-");
+                continue;
+            }
+            if let Some((k, _)) = line.split_once(" =") {
+                let k = k.trim();
+                if !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
+                    keys.insert(match table.as_str() {
+                        "" | "serve" => k.to_owned(),
+                        t => format!("{}-{k}", t.trim_start_matches("serve-")),
+                    });
+                }
+            }
+        }
+        let cmd = Cli::command();
+        let serve = cmd.find_subcommand("serve").unwrap();
+        for arg in cmd.get_arguments().chain(serve.get_arguments()) {
+            let name = arg.get_long().unwrap_or(arg.get_id().as_str());
+            if ["help", "version", "config"].contains(&name) {
+                continue;
+            }
+            assert!(keys.contains(name), "examples/serve.toml lacks {name}");
+        }
+    }
+
+    #[test]
     fn nested_tables_are_prefixes() {
         let argv = merged("[check]\n[check.max]\ndelete = 3\n", &["check", "d"]).unwrap();
         assert!(argv.contains(&"--max-delete=3".to_owned()), "{argv:?}");
