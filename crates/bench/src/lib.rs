@@ -40,18 +40,53 @@ pub fn sample_size(rng: &mut fastrand::Rng) -> usize {
     (size as usize).clamp(16, MAX_BYTES)
 }
 
+/// How the templates of a generated tree are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// A nested tree: 37 apps of 271 sections, three levels (about 10 files a directory at
+    /// 100,000 templates).
+    Nested,
+    /// Wide directories of 1,000 files each, one level.
+    Wide,
+}
+
+impl Shape {
+    /// `nested` or `wide`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "nested" => Some(Shape::Nested),
+            "wide" => Some(Shape::Wide),
+            _ => None,
+        }
+    }
+
+    /// The relative path of template `i`.
+    fn path(self, i: usize) -> String {
+        match self {
+            Shape::Nested => format!(
+                "app{:02}/section{:03}/template{:06}.html",
+                i % 37,
+                (i / 37) % 271,
+                i
+            ),
+            Shape::Wide => format!("dir{:04}/template{:07}.html", i / 1000, i),
+        }
+    }
+}
+
 /// Writes `count` templates under `dir` in a nested tree (about 20 files a directory, three
 /// levels), deterministic from `seed`. Returns the total bytes written.
 pub fn generate(dir: &Path, count: usize, seed: u64) -> std::io::Result<u64> {
+    generate_shaped(dir, count, seed, Shape::Nested)
+}
+
+/// Writes `count` templates under `dir` laid out as `shape`, deterministic from `seed` (the
+/// same contents whatever the shape). Returns the total bytes written.
+pub fn generate_shaped(dir: &Path, count: usize, seed: u64, shape: Shape) -> std::io::Result<u64> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut total = 0u64;
     for i in 0..count {
-        let rel = format!(
-            "app{:02}/section{:03}/template{:06}.html",
-            i % 37,
-            (i / 37) % 271,
-            i
-        );
+        let rel = shape.path(i);
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;

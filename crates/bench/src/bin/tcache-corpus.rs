@@ -1,18 +1,34 @@
-//! `tcache-corpus DIR COUNT [SEED]`: writes COUNT realistic templates under DIR.
+//! `tcache-corpus DIR COUNT [SEED] [SHAPE]`: writes COUNT realistic templates under DIR, in a
+//! `nested` tree (default) or in `wide` directories of 1,000 files.
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = || {
+        eprintln!("usage: tcache-corpus DIR COUNT [SEED] [nested|wide]");
+        std::process::ExitCode::from(2)
+    };
     let (Some(dir), Some(count)) = (
         args.first(),
         args.get(1).and_then(|c| c.parse::<usize>().ok()),
     ) else {
-        eprintln!("usage: tcache-corpus DIR COUNT [SEED]");
-        return std::process::ExitCode::from(2);
+        return usage();
     };
-    let seed = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(42);
-    match template_cache_bench::generate(std::path::Path::new(dir), count, seed) {
+    let seed = match args.get(2).map(|s| s.parse()) {
+        None => 42,
+        Some(Ok(s)) => s,
+        Some(Err(_)) => return usage(),
+    };
+    let shape = match args.get(3).map(|s| template_cache_bench::Shape::parse(s)) {
+        None => template_cache_bench::Shape::Nested,
+        Some(Some(s)) => s,
+        Some(None) => return usage(),
+    };
+    let path = std::path::Path::new(dir);
+    match template_cache_bench::generate_shaped(path, count, seed, shape) {
         Ok(bytes) => {
-            println!("wrote {count} templates, {bytes} bytes, under {dir} (seed {seed})");
+            println!(
+                "wrote {count} templates ({shape:?}), {bytes} bytes, under {dir} (seed {seed})"
+            );
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
