@@ -188,7 +188,7 @@ impl Fallback {
         // `path_of` resolved it that leads out of the root, and never blocks on a FIFO.
         let file = SourceFile {
             name: name.to_owned(),
-            path,
+            root: Arc::from(self.root.as_path()),
             fingerprint: Fingerprint::of(&meta),
         };
         let (f, meta) = open_confined(&root, &file)?;
@@ -197,7 +197,7 @@ impl Fallback {
                 ErrorKind::ValueTooLarge,
                 format!(
                     "{} is {size} bytes, over the maximum template size of {} bytes",
-                    file.path.display(),
+                    path.display(),
                     self.max_bytes
                 ),
             )
@@ -209,7 +209,7 @@ impl Fallback {
         let mut buf = Vec::with_capacity(meta.len() as usize);
         f.take(self.max_bytes.saturating_add(1))
             .read_to_end(&mut buf)
-            .map_err(|e| Error::io(&file.path, e))?;
+            .map_err(|e| Error::io(&path, e))?;
         if buf.len() as u64 > self.max_bytes {
             return Err(too_large(buf.len() as u64));
         }

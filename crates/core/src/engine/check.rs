@@ -150,6 +150,9 @@ impl Checker {
         let cmp = compare(mode, &scan, &hashes, &index, &mut found);
         self.confirm_existence(&cmp.exist_check, &mut found).await;
         self.verify(&cmp.fetch, &hashes, &index, &mut found).await;
+        // Not needed to classify orphans: freed before that phase's own sets are built.
+        drop(cmp);
+        drop(hashes);
         // Every entry is indexed before it is written, so a quick check trusts an intact index
         // for orphans; a deep check, or a missing or damaged index, lists the keys as well.
         let list = mode == CheckMode::Deep || !index_exists || !index.lost.is_empty();
@@ -185,9 +188,12 @@ impl Checker {
     /// Confirms that the entries of files the index vouches for still exist.
     async fn confirm_existence(&self, files: &[&SourceFile], found: &mut Findings) {
         let ns = &self.ctx.namespace;
-        let keys: Vec<String> = files.iter().map(|f| ns.key_for(&f.name)).collect();
-        self.ctx.phase("checking", keys.len());
-        for (range, r) in self.ctx.exists_chunked(&keys, true, true).await {
+        self.ctx.phase("checking", files.len());
+        let results = self
+            .ctx
+            .exists_chunked_by(files.len(), |i| ns.key_for(&files[i].name), true, true)
+            .await;
+        for (range, r) in results {
             let files = &files[range];
             match r {
                 Ok(exists) => {
@@ -207,7 +213,7 @@ impl Checker {
     async fn verify(
         &self,
         files: &[&SourceFile],
-        hashes: &HashMap<String, ContentHash>,
+        hashes: &HashMap<&str, ContentHash>,
         index: &IndexSnapshot,
         found: &mut Findings,
     ) {
@@ -227,7 +233,7 @@ impl Checker {
                 }
             };
             for (f, value) in files.iter().zip(values) {
-                let Some(&h) = hashes.get(&f.name) else {
+                let Some(&h) = hashes.get(f.name.as_str()) else {
                     continue;
                 };
                 let kind = match value.map(|v| verify(&v, &f.name)) {
@@ -267,19 +273,24 @@ impl Checker {
         // What the scan could not see (an unreadable or vanished directory, a failed stat) may
         // still exist: nothing under it is ever an orphan.
         let unseen = scan.unknown();
-        let mut known_keys: HashSet<String> =
-            scan.files.iter().map(|f| ns.key_for(&f.name)).collect();
         for name in index.entries.keys() {
-            let key = ns.key_for(name);
             if !file_names.contains(name.as_str()) && !unseen.covers(name) {
-                found.remove(Kind::Orphaned, Some(name.clone()), key.clone());
+                found.remove(Kind::Orphaned, Some(name.clone()), ns.key_for(name));
             }
-            known_keys.insert(key);
         }
+        drop(file_names);
         found.report.entries = index.entries.len();
         if !(list && ctx.cache.capabilities().list_keys) {
             return Ok(());
         }
+        // Only a listing needs every known key.
+        let known_keys: HashSet<String> = scan
+            .files
+            .iter()
+            .map(|f| &f.name)
+            .chain(index.entries.keys())
+            .map(|n| ns.key_for(n))
+            .collect();
         let prefix = ns.prefix();
         ctx.phase_unknown_total("listing");
         let (r, _) = ctx.retry.run(|| ctx.cache.list_keys(&prefix)).await;
@@ -324,7 +335,7 @@ impl Checker {
 fn compare<'a>(
     mode: CheckMode,
     scan: &'a Scan,
-    hashes: &HashMap<String, ContentHash>,
+    hashes: &HashMap<&str, ContentHash>,
     index: &IndexSnapshot,
     found: &mut Findings,
 ) -> Comparison<'a> {
@@ -333,7 +344,7 @@ fn compare<'a>(
         fetch: Vec::new(),
     };
     for f in &scan.files {
-        let Some(&h) = hashes.get(&f.name) else {
+        let Some(&h) = hashes.get(f.name.as_str()) else {
             continue; // unreadable: already an error
         };
         match index.entries.get(&f.name) {

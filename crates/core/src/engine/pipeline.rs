@@ -235,15 +235,42 @@ impl Ctx {
         F: Fn(Vec<String>) -> Fut + Clone,
         Fut: std::future::Future<Output = Result<Vec<T>>>,
     {
+        self.chunked_by(
+            keys.len(),
+            |range| keys[range].to_vec(),
+            chunk,
+            rate_limited,
+            report,
+            op,
+        )
+        .await
+    }
+
+    /// [`Self::chunked`] over `len` keys that `keys_of` builds one chunk at a time (from the
+    /// chunk's range of indices): only the chunks in flight hold their keys.
+    pub async fn chunked_by<T, K, F, Fut>(
+        &self,
+        len: usize,
+        keys_of: K,
+        chunk: usize,
+        rate_limited: bool,
+        report: bool,
+        op: F,
+    ) -> Vec<(std::ops::Range<usize>, Result<Vec<T>>)>
+    where
+        T: Weight,
+        K: Fn(std::ops::Range<usize>) -> Vec<String>,
+        F: Fn(Vec<String>) -> Fut + Clone,
+        Fut: std::future::Future<Output = Result<Vec<T>>>,
+    {
         let chunk = chunk.max(1);
-        let ranges: Vec<_> = (0..keys.len())
+        let ranges = (0..len)
             .step_by(chunk)
-            .map(|s| s..(s + chunk).min(keys.len()))
-            .collect();
+            .map(move |s| s..(s + chunk).min(len));
         futures_util::stream::iter(ranges)
             .map(|range| {
                 let op = op.clone();
-                let slice = keys[range.clone()].to_vec();
+                let slice = keys_of(range.clone());
                 async move {
                     if rate_limited {
                         self.limiters.admit(slice.len(), 0).await;
@@ -263,18 +290,27 @@ impl Ctx {
             .await
     }
 
-    /// [`Self::chunked`] over [`Cache::exists_many`], in chunks of [`Self::key_chunk`].
-    pub async fn exists_chunked(
+    /// [`Self::chunked`] over [`Cache::exists_many`], in chunks of [`Self::key_chunk`], for `len`
+    /// keys built one chunk at a time: `key_of(i)` is the `i`th key.
+    pub async fn exists_chunked_by(
         &self,
-        keys: &[String],
+        len: usize,
+        key_of: impl Fn(usize) -> String,
         rate_limited: bool,
         report: bool,
     ) -> Vec<(std::ops::Range<usize>, Result<Vec<bool>>)> {
         let cache = self.cache.clone();
-        self.chunked(keys, self.key_chunk(), rate_limited, report, move |k| {
-            let c = cache.clone();
-            async move { c.exists_many(&k).await }
-        })
+        self.chunked_by(
+            len,
+            |range| range.map(&key_of).collect(),
+            self.key_chunk(),
+            rate_limited,
+            report,
+            move |k| {
+                let c = cache.clone();
+                async move { c.exists_many(&k).await }
+            },
+        )
         .await
     }
 
@@ -293,33 +329,40 @@ impl Ctx {
     }
 
     /// Hashes every file, reading only those whose fingerprint changed. Returns the hashes by
-    /// name and the files that could not be read.
-    pub async fn hash_all(
+    /// name (borrowed from `files`) and the files that could not be read.
+    pub async fn hash_all<'a>(
         &self,
-        files: &[SourceFile],
-    ) -> (HashMap<String, ContentHash>, Vec<Failure>) {
+        files: &'a [SourceFile],
+    ) -> (HashMap<&'a str, ContentHash>, Vec<Failure>) {
         let mut hashes = HashMap::with_capacity(files.len());
-        let mut to_read = Vec::new();
-        for f in files {
+        let mut to_read: Vec<usize> = Vec::new();
+        for (i, f) in files.iter().enumerate() {
             match self.source.known_hash(f) {
                 Some(h) => {
-                    hashes.insert(f.name.clone(), h);
+                    hashes.insert(f.name.as_str(), h);
                 }
-                None => to_read.push(f.clone()),
+                None => to_read.push(i),
             }
         }
         let groups = batches(
             to_read,
             self.throttle.batch_max_templates,
             self.throttle.batch_max_bytes,
-            |f| f.fingerprint.size as usize,
+            |&i| files[i].fingerprint.size as usize,
         );
         let mut failed = Vec::new();
         self.phase("hashing", groups.iter().map(Vec::len).sum());
+        // Files are copied for reading one batch at a time; results come back in batch order.
         let mut stream = futures_util::stream::iter(groups)
-            .map(|g| self.source.load_many(g))
+            .map(|g| async move {
+                let loaded = self
+                    .source
+                    .load_many(g.iter().map(|&i| files[i].clone()).collect())
+                    .await;
+                (g, loaded)
+            })
             .buffer_unordered(self.throttle.concurrency.min(4));
-        while let Some(results) = stream.next().await {
+        while let Some((group, results)) = stream.next().await {
             self.advance(results.len());
             self.advance_bytes(
                 results
@@ -328,10 +371,10 @@ impl Ctx {
                     .map(|l| l.content.len() as u64)
                     .sum(),
             );
-            for (f, r) in results {
+            for (i, (f, r)) in group.into_iter().zip(results) {
                 match r {
                     Ok(l) => {
-                        hashes.insert(f.name, l.hash);
+                        hashes.insert(files[i].name.as_str(), l.hash);
                     }
                     Err(e) => failed.push(Failure::new(f.name, &e, 1)),
                 }
@@ -371,8 +414,12 @@ impl Ctx {
             removals: Vec::new(),
         };
         self.update_index(&pending).await?;
+        // Not needed while writing: a copy of every name.
+        drop(pending);
 
         self.phase("writing", files.len());
+        // At most every file is written: no regrowth (a copy) at the end of a large run.
+        out.written.reserve_exact(files.len());
         let groups = batches(
             files,
             self.throttle.batch_max_templates.min(self.chunk()),

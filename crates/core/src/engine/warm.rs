@@ -159,16 +159,24 @@ impl Warmer {
         if indexed < index.entries.len() {
             report.orphans = orphans(&scan, &index);
         }
-        drop(scan);
+        // `previous` holds the entries still needed.
+        drop((scan, index, evicted));
         if !suspect.is_empty() {
             let (hashes, failed) = self.ctx.hash_all(&suspect).await;
             report.failed.extend(failed);
-            for f in suspect {
-                match hashes.get(&f.name) {
-                    Some(h) if previous.get(&f.name).is_some_and(|e| e.hash == *h) => {
-                        report.unchanged += 1
-                    }
-                    Some(_) => dirty.push(f),
+            // Per suspect: `Some(true)` unchanged, `Some(false)` changed, `None` unreadable.
+            let same: Vec<Option<bool>> = suspect
+                .iter()
+                .map(|f| {
+                    let h = hashes.get(f.name.as_str())?;
+                    Some(previous.get(&f.name).is_some_and(|e| e.hash == *h))
+                })
+                .collect();
+            drop(hashes);
+            for (f, same) in suspect.into_iter().zip(same) {
+                match same {
+                    Some(true) => report.unchanged += 1,
+                    Some(false) => dirty.push(f),
                     None => {} // unreadable: already reported as failed
                 }
             }
@@ -236,12 +244,12 @@ impl Warmer {
             .filter(|(_, e)| !e.pending)
             .map(|(n, _)| n)
             .collect();
-        let keys: Vec<String> = names
-            .iter()
-            .map(|n| self.ctx.namespace.key_for(n))
-            .collect();
-        // Runs while the tree is scanned: the scan is the phase shown.
-        let results = self.ctx.exists_chunked(&keys, false, false).await;
+        // Runs while the tree is scanned: the scan is the phase shown. Keys are built per chunk.
+        let ns = &self.ctx.namespace;
+        let results = self
+            .ctx
+            .exists_chunked_by(names.len(), |i| ns.key_for(names[i]), false, false)
+            .await;
         for (range, r) in results {
             let exists = r.map_err(|e| e.context("checking that cached templates exist"))?;
             for (name, ok) in names[range].iter().zip(exists) {

@@ -193,7 +193,7 @@ impl Source {
 
     /// Reads and hashes one file, retrying if it changes while being read.
     pub fn load_one(&self, file: &SourceFile) -> Result<Loaded> {
-        let path = &file.path;
+        let path = &file.path();
         for _ in 0..3 {
             let (mut f, meta) = scan::open_confined(&self.root, file)?;
             let before = Fingerprint::of(&meta);

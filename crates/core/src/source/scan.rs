@@ -1,6 +1,7 @@
 //! Walking the template tree: names, filters, symlink confinement and file fingerprints.
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
@@ -99,10 +100,18 @@ impl Fingerprint {
 pub struct SourceFile {
     /// The template name: path relative to the root, `/`-separated.
     pub name: String,
-    /// The path to read it from.
-    pub path: PathBuf,
+    /// The root the name is relative to (the canonical root of the scan that found it), shared
+    /// by every file of a scan: the path to read is [`SourceFile::path`].
+    pub root: Arc<Path>,
     /// Its fingerprint when scanned.
     pub fingerprint: Fingerprint,
+}
+
+impl SourceFile {
+    /// The path to read it from: its name under its root.
+    pub fn path(&self) -> PathBuf {
+        self.root.join(&self.name)
+    }
 }
 
 /// A file that could not be taken as a template, with the reason.
@@ -223,7 +232,12 @@ pub fn scan_counting(config: &SourceConfig, filter: &Filter, found: &dyn Fn(u64)
         ));
     }
     let mut out = Scan::default();
-    let mut candidates: Vec<(String, PathBuf, bool)> = Vec::new();
+    // Candidates go straight into the list of files (their fingerprints filled in by the stat
+    // below, then the ones that fail or are not templates removed); the path of a file is
+    // `root.join(name)`, built only where it is stat'ed.
+    let shared_root: Arc<Path> = Arc::from(root.as_path());
+    let mut files: Vec<SourceFile> = Vec::new();
+    let mut symlinks: Vec<bool> = Vec::new();
     let walker = walkdir::WalkDir::new(&root)
         .follow_links(false)
         .sort_by_file_name();
@@ -263,81 +277,111 @@ pub fn scan_counting(config: &SourceConfig, filter: &Filter, found: &dyn Fn(u64)
         if !filter.accepts(&name) {
             continue;
         }
-        candidates.push((name, entry.into_path(), symlink));
-        if candidates.len() % FOUND_STEP == 0 {
+        files.push(SourceFile {
+            name,
+            root: Arc::clone(&shared_root),
+            fingerprint: UNSTATED,
+        });
+        symlinks.push(symlink);
+        if files.len() % FOUND_STEP == 0 {
             found(FOUND_STEP as u64);
         }
     }
-    found((candidates.len() % FOUND_STEP) as u64);
-    // Stat the candidates on every core: on large trees the stat calls dominate the walk.
+    found((files.len() % FOUND_STEP) as u64);
+    // Stat the candidates on every core: on large trees the stat calls dominate the walk. Each
+    // thread fills in the fingerprints of its part and returns the other outcomes (not a
+    // template, or a failure) by index; a thread that panicked returns `None`.
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8);
-    let chunk = candidates.len().div_ceil(threads).max(1024);
-    let checked: Vec<Vec<(usize, Result<Option<Fingerprint>>)>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = candidates
-            .chunks(chunk)
+    let chunk = files.len().div_ceil(threads).max(1024);
+    type Outcomes = Vec<(usize, Result<Option<Fingerprint>>)>;
+    let checked: Vec<Option<Outcomes>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks_mut(chunk)
+            .zip(symlinks.chunks(chunk))
             .enumerate()
-            .map(|(c, part)| {
+            .map(|(c, (part, links))| {
                 let root = &root;
                 scope.spawn(move || {
-                    part.iter()
-                        .enumerate()
-                        .map(|(i, (_, path, symlink))| {
-                            (c * chunk + i, accept_file(root, path, *symlink, config))
-                        })
-                        .collect::<Vec<_>>()
+                    let mut outcomes = Vec::new();
+                    for (i, (file, symlink)) in part.iter_mut().zip(links).enumerate() {
+                        let path = root.join(&file.name);
+                        match accept_file(root, &path, *symlink, config) {
+                            Ok(Some(fingerprint)) => file.fingerprint = fingerprint,
+                            other => outcomes.push((c * chunk + i, other)),
+                        }
+                    }
+                    outcomes
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    vec![(
-                        usize::MAX,
-                        Err(Error::new(ErrorKind::Unexpected, "a scan thread panicked")),
-                    )]
-                })
-            })
-            .collect()
+        handles.into_iter().map(|h| h.join().ok()).collect()
     });
-    let mut candidates: Vec<Option<(String, PathBuf, bool)>> =
-        candidates.into_iter().map(Some).collect();
-    for (i, result) in checked.into_iter().flatten() {
-        let Some((name, path, _)) = candidates.get_mut(i).and_then(Option::take) else {
-            if let Err(error) = result {
+    drop(symlinks);
+    let mut outcomes: Outcomes = Vec::new();
+    let mut panicked: Vec<std::ops::Range<usize>> = Vec::new();
+    for (c, r) in checked.into_iter().enumerate() {
+        match r {
+            Some(o) => outcomes.extend(o),
+            None => {
                 out.failures.push(ScanFailure {
                     name: "(scan)".into(),
-                    error,
+                    error: Error::new(ErrorKind::Unexpected, "a scan thread panicked"),
                 });
+                panicked.push(c * chunk..((c + 1) * chunk).min(files.len()));
             }
-            continue;
-        };
-        match result {
-            Ok(Some(fingerprint)) => out.files.push(SourceFile {
-                name,
-                path,
-                fingerprint,
-            }),
-            Ok(None) => {}
-            Err(error) => out.failures.push(ScanFailure { name, error }),
         }
     }
-    // Candidates whose stat never reported (a scan thread that panicked) are failures of their
-    // own, never silently absent: an absent file would look deleted.
-    for (name, path, _) in candidates.into_iter().flatten() {
-        out.failures.push(ScanFailure {
-            error: Error::new(
-                ErrorKind::Unexpected,
-                format!("{}: the scan of this file did not complete", path.display()),
-            ),
-            name,
+    if !outcomes.is_empty() || !panicked.is_empty() {
+        let mut outcomes = outcomes.into_iter().peekable();
+        let mut i = 0;
+        files.retain_mut(|file| {
+            let at = i;
+            i += 1;
+            // Files whose stat never reported (a scan thread that panicked) are failures of
+            // their own, never silently absent: an absent file would look deleted.
+            if panicked.iter().any(|r| r.contains(&at)) {
+                let name = std::mem::take(&mut file.name);
+                out.failures.push(ScanFailure {
+                    error: Error::new(
+                        ErrorKind::Unexpected,
+                        format!(
+                            "{}: the scan of this file did not complete",
+                            root.join(&name).display()
+                        ),
+                    ),
+                    name,
+                });
+                return false;
+            }
+            match outcomes.next_if(|(j, _)| *j == at) {
+                None => true,
+                Some((_, Ok(_))) => false,
+                Some((_, Err(error))) => {
+                    out.failures.push(ScanFailure {
+                        name: std::mem::take(&mut file.name),
+                        error,
+                    });
+                    false
+                }
+            }
         });
     }
+    files.shrink_to_fit();
+    out.files = files;
     out.failures.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
+
+/// The fingerprint of a file not stat'ed yet (never one a scan returns).
+const UNSTATED: Fingerprint = Fingerprint {
+    dev: 0,
+    ino: 0,
+    size: 0,
+    mtime_ns: 0,
+    ctime_ns: 0,
+};
 
 fn not_regular(path: &Path) -> Error {
     Error::new(
@@ -354,7 +398,7 @@ fn not_regular(path: &Path) -> Error {
 /// block the open, and the opened file must be a regular file that is the one the scan vetted
 /// (same device and inode) or, if it was replaced since, one that lies inside `root` now.
 pub fn open_confined(root: &Path, file: &SourceFile) -> Result<(std::fs::File, std::fs::Metadata)> {
-    let path = &file.path;
+    let path = &file.path();
     let opened = match open_no_follow(path) {
         Err(e) if is_symlink_refusal(&e) => {
             let target = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
@@ -506,7 +550,7 @@ pub fn probe(root: &Path, name: &str, config: &SourceConfig, filter: &Filter) ->
     match accept_file(root, &path, meta.file_type().is_symlink(), config) {
         Ok(Some(fingerprint)) => Probe::File(SourceFile {
             name: name.to_owned(),
-            path,
+            root: Arc::from(root),
             fingerprint,
         }),
         Ok(None) => Probe::Skipped,
