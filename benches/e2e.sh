@@ -99,9 +99,16 @@ measure() {
   local times=() rss=0
   for _ in $(seq "$RUNS"); do
     eval "$setup" >/dev/null 2>&1
-    local s e; s=$(now); /usr/bin/time -f '%M' -o "$WORK/rss.one" "$@" >/dev/null 2>&1; e=$(now)
+    local s e; s=$(now)
+    if declare -F "$1" >/dev/null; then
+      "$@" >/dev/null 2>&1; echo 0 > "$WORK/rss.one"   # a shell function: no process to measure
+    else
+      /usr/bin/time -f '%M' -o "$WORK/rss.one" "$@" >/dev/null 2>&1
+    fi
+    e=$(now)
     times+=("$(awk -v s="$s" -v e="$e" 'BEGIN {printf "%.4f", e - s}')")
-    local r; r=$(tail -1 "$WORK/rss.one"); [ "$r" -gt "$rss" ] && rss=$r
+    local r; r=$(tail -1 "$WORK/rss.one")
+    if [ "$r" -gt "$rss" ]; then rss=$r; fi
   done
   printf '%s\n' "${times[@]}" | sort -n | awk -v name="$name" '{a[NR]=$1} END {m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2; printf "%s %.4f\n", name, m}'
   echo "${name}_rss_kb $rss"
