@@ -440,7 +440,7 @@ impl RunRecord {
     fn of_this_process(started: Started, counts: RunCounts, error: Option<&Error>) -> Self {
         RunRecord {
             kind: counts.kind(),
-            host: host_name(),
+            host: crate::host::name(),
             pid: std::process::id(),
             started_at: started.at,
             duration: started.clock.elapsed(),
@@ -1003,26 +1003,6 @@ impl Recorder {
                 "the run was not recorded in the run history: no answer within {APPEND_TIMEOUT:?}"
             ),
         }
-    }
-}
-
-/// This host's name as the write lease records it: `TCACHE_HOST` if set (for containers whose
-/// host names are not unique), else the kernel's host name; non-printable characters and
-/// spaces become `_`. (The same rule as `engine/lease.rs`.)
-fn host_name() -> String {
-    let name = std::env::var("TCACHE_HOST")
-        .or_else(|_| std::fs::read_to_string("/proc/sys/kernel/hostname"))
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    let name: String = name
-        .trim()
-        .chars()
-        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
-        .collect();
-    if name.is_empty() {
-        "unknown".into()
-    } else {
-        name
     }
 }
 

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod format;
 pub mod history;
+pub mod host;
 pub mod index;
 pub mod reader;
 pub mod source;

@@ -336,7 +336,7 @@ impl AlertContext {
         AlertContext {
             namespace: namespace.to_owned(),
             backend: template_cache_core::url::redact(backend),
-            host: host_name(),
+            host: template_cache_core::host::name(),
         }
     }
 }
@@ -1254,20 +1254,6 @@ fn rfc3339(unix: u64) -> String {
 
 fn fmt_duration(d: Duration) -> String {
     template_cache_core::url::format_duration(d)
-}
-
-/// This host's name: `TCACHE_HOST` if set, else the kernel's host name, else `HOSTNAME`.
-fn host_name() -> String {
-    let name = std::env::var("TCACHE_HOST")
-        .or_else(|_| std::fs::read_to_string("/proc/sys/kernel/hostname"))
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_default();
-    let name = name.trim();
-    if name.is_empty() {
-        "unknown".into()
-    } else {
-        name.to_owned()
-    }
 }
 
 /// Durations as text (`"10s"`, `"5m"`) in configuration files.

@@ -78,7 +78,7 @@ impl LeaseRecord {
     fn mine(token: &str, ttl: Duration) -> Self {
         LeaseRecord {
             token: token.to_owned(),
-            host: host_name(),
+            host: crate::host::name(),
             pid: std::process::id(),
             expires_ms: now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
         }
@@ -121,7 +121,7 @@ impl LeaseRecord {
     /// Whether a contender may take the namespace over from this holder: its record expired,
     /// or it ran on this host and its process is gone.
     fn is_abandoned(&self) -> bool {
-        now_ms() > self.expires_ms || (self.host == host_name() && !process_alive(self.pid))
+        now_ms() > self.expires_ms || (self.host == crate::host::name() && !process_alive(self.pid))
     }
 
     fn describe(&self) -> String {
@@ -391,25 +391,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn now_ms() -> u64 {
     u64::try_from(crate::time::now_ns() / 1_000_000).unwrap_or(0)
-}
-
-/// This host's name, without spaces (it is a field of the record): `TCACHE_HOST` if set (for
-/// containers whose host names are not unique), else the kernel's host name.
-fn host_name() -> String {
-    let name = std::env::var("TCACHE_HOST")
-        .or_else(|_| std::fs::read_to_string("/proc/sys/kernel/hostname"))
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    let name: String = name
-        .trim()
-        .chars()
-        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
-        .collect();
-    if name.is_empty() {
-        "unknown".into()
-    } else {
-        name
-    }
 }
 
 /// Whether process `pid` runs on this host (Linux: `/proc/<pid>` exists). Elsewhere it is
