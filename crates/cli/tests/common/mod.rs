@@ -1,6 +1,8 @@
 //! Shared helpers: run the real `tcache` binary against a copy of the sample templates.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod served;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
