@@ -11,6 +11,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::Instrument;
 
+use super::phases::{self, Phases};
 use super::pipeline::{Ctx, chunk_failures};
 use super::plan::{Deletion, Kind, Plan};
 use super::report::{CheckMode, CheckReport, Failure};
@@ -116,7 +117,10 @@ impl Checker {
         let started = Instant::now();
         let ctx = &self.ctx;
         // The walk runs on the blocking pool while the index is read.
-        let (scan, index) = tokio::join!(ctx.scan(), ctx.load_index());
+        let (scan, index) = tokio::join!(
+            phases::timed("scan", ctx.scan()),
+            phases::timed("index read", ctx.load_index())
+        );
         let scan = scan?;
         let (index, index_exists) = index?;
         let mut found = Findings {
@@ -132,8 +136,10 @@ impl Checker {
                 .iter()
                 .map(|f| Failure::new(f.name.clone(), &f.error, 0)),
         );
+        let mut phases = Phases::start();
         let (hashes, failed) = ctx.hash_all(&scan.files).await;
         found.errors(failed);
+        phases.done("hash", scan.files.len());
         found.errors(index.lost.iter().map(|lost| {
             Failure::new(
                 "(index)".into(),
@@ -148,8 +154,11 @@ impl Checker {
         }));
 
         let cmp = compare(mode, &scan, &hashes, &index, &mut found);
+        phases.done("compare", scan.files.len());
         self.confirm_existence(&cmp.exist_check, &mut found).await;
+        phases.done("existence check", cmp.exist_check.len());
         self.verify(&cmp.fetch, &hashes, &index, &mut found).await;
+        phases.done("verify", cmp.fetch.len());
         // Not needed to classify orphans: freed before that phase's own sets are built.
         drop(cmp);
         drop(hashes);
@@ -158,9 +167,10 @@ impl Checker {
         let list = mode == CheckMode::Deep || !index_exists || !index.lost.is_empty();
         self.classify_orphans(&scan, &index, list, &mut found)
             .await?;
-
+        phases.done("orphans", index.entries.len());
         ctx.source.prune_state(&scan);
         ctx.source.save_state();
+        phases.done("state save", scan.files.len());
         let Findings {
             mut report,
             mut plan,
@@ -208,8 +218,9 @@ impl Checker {
         }
     }
 
-    /// Fetches and verifies the entries of `files`; verified content that the index does not
-    /// describe becomes an index fix-up.
+    /// Fetches and verifies the entries of `files`, a window of chunks at a time: each value is
+    /// dropped once verified, so a deep check holds no more content than its batches in flight.
+    /// Verified content that the index does not describe becomes an index fix-up.
     async fn verify(
         &self,
         files: &[&SourceFile],
@@ -218,18 +229,17 @@ impl Checker {
         found: &mut Findings,
     ) {
         let ctx = &self.ctx;
-        let keys: Vec<String> = files
-            .iter()
-            .map(|f| ctx.namespace.key_for(&f.name))
-            .collect();
-        ctx.phase("verifying", keys.len());
-        for (range, r) in ctx.get_chunked(&keys).await {
+        ctx.phase("verifying", files.len());
+        let key_of = |i: usize| ctx.namespace.key_for(&files[i].name);
+        // A record weighs about its file plus its name and a header.
+        let size_of = |i: usize| files[i].fingerprint.size as usize + files[i].name.len() + 64;
+        ctx.get_each(files.len(), key_of, size_of, |range, r| {
             let files = &files[range];
             let values = match r {
                 Ok(v) => v,
                 Err(e) => {
                     found.errors(chunk_failures(&names(files), &e));
-                    continue;
+                    return;
                 }
             };
             for (f, value) in files.iter().zip(values) {
@@ -254,7 +264,8 @@ impl Checker {
                 };
                 found.rewrite(kind, f);
             }
-        }
+        })
+        .await;
     }
 
     /// Index names without a file are orphans; with `list` (and a backend that lists), keys
@@ -283,49 +294,59 @@ impl Checker {
         if !(list && ctx.cache.capabilities().list_keys) {
             return Ok(());
         }
-        // Only a listing needs every known key.
-        let known_keys: HashSet<String> = scan
-            .files
-            .iter()
-            .map(|f| &f.name)
-            .chain(index.entries.keys())
-            .map(|n| ns.key_for(n))
-            .collect();
+        // Only a listing needs every known key: held as the name hashes that keys carry
+        // (16 bytes each), not as key strings.
+        let ids = |names: &mut dyn Iterator<Item = &String>| -> HashSet<u128> {
+            names.map(|n| name_id(n)).collect()
+        };
+        let indexed = ids(&mut index.entries.keys());
+        let files = ids(&mut scan.files.iter().map(|f| &f.name));
         let prefix = ns.prefix();
         ctx.phase_unknown_total("listing");
         let (r, _) = ctx.retry.run(|| ctx.cache.list_keys(&prefix)).await;
-        let listed: Vec<String> = r
-            .map_err(|e| e.context("listing cache keys"))?
-            .into_iter()
-            .filter(|k| ns.is_template_key(k))
-            .collect();
-        let index_keys: HashSet<String> = index.entries.keys().map(|n| ns.key_for(n)).collect();
-        found.report.entries += listed.iter().filter(|k| !index_keys.contains(*k)).count();
-        let unknown: Vec<String> = listed
-            .into_iter()
-            .filter(|k| !known_keys.contains(k))
-            .collect();
-        ctx.phase("verifying", unknown.len());
-        for (range, r) in ctx.get_chunked(&unknown).await {
-            let keys = &unknown[range];
-            let values = match r {
-                Ok(values) => values,
-                Err(e) => {
-                    found.errors(chunk_failures(keys, &e));
-                    continue;
-                }
+        let listed = r.map_err(|e| e.context("listing cache keys"))?;
+        let mut unknown = Vec::new();
+        for key in listed {
+            let Some(id) = ns.name_hash_of_key(&key).map(|h| id_of(&h)) else {
+                continue; // not a template key
             };
-            for (key, value) in keys.iter().zip(values) {
-                let Some(value) = value else { continue };
-                match Record::decode(&value) {
-                    Ok(rec) if unseen.covers(&rec.name) => {}
-                    Ok(rec) if ns.key_for(&rec.name) == *key => {
-                        found.remove(Kind::Orphaned, Some(rec.name), key.clone())
-                    }
-                    _ => found.remove(Kind::Corrupt, None, key.clone()),
-                }
+            if indexed.contains(&id) {
+                continue;
+            }
+            found.report.entries += 1;
+            if !files.contains(&id) {
+                unknown.push(key);
             }
         }
+        drop((indexed, files));
+        ctx.phase("verifying", unknown.len());
+        // Sizes are unknown: a listing's chunks are bounded by count alone.
+        ctx.get_each(
+            unknown.len(),
+            |i| unknown[i].clone(),
+            |_| 0,
+            |range, r| {
+                let keys = &unknown[range];
+                let values = match r {
+                    Ok(values) => values,
+                    Err(e) => {
+                        found.errors(chunk_failures(keys, &e));
+                        return;
+                    }
+                };
+                for (key, value) in keys.iter().zip(values) {
+                    let Some(value) = value else { continue };
+                    match Record::decode(&value) {
+                        Ok(rec) if unseen.covers(&rec.name) => {}
+                        Ok(rec) if ns.key_for(&rec.name) == *key => {
+                            found.remove(Kind::Orphaned, Some(rec.name), key.clone())
+                        }
+                        _ => found.remove(Kind::Corrupt, None, key.clone()),
+                    }
+                }
+            },
+        )
+        .await;
         Ok(())
     }
 }
@@ -368,6 +389,18 @@ fn verify(value: &Bytes, name: &str) -> Result<ContentHash> {
         ));
     }
     Ok(rec.hash)
+}
+
+/// The first 16 bytes of a name's hash: what identifies it among the keys a listing returns
+/// (a collision could only hide an orphan, never report a wrong one).
+fn name_id(name: &str) -> u128 {
+    id_of(&ContentHash::of(name.as_bytes()))
+}
+
+fn id_of(h: &ContentHash) -> u128 {
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&h.0[..16]);
+    u128::from_le_bytes(first)
 }
 
 fn names(files: &[&SourceFile]) -> Vec<String> {

@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod lease;
+pub(crate) mod phases;
 pub(crate) mod pipeline;
 mod plan;
 pub mod report;

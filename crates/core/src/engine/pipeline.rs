@@ -12,7 +12,7 @@ use super::lease::{LeaseConfig, SharedLease};
 use crate::backend::{Cache, CacheBackend, Fence};
 use crate::config::{EngineConfig, ProgressHandle};
 use crate::engine::report::Failure;
-use crate::engine::throttle::{Limiters, RetryPolicy, Throttle, batches};
+use crate::engine::throttle::{Limiters, RetryPolicy, Throttle, batch_ranges, batches};
 use crate::error::{Error, Result};
 use crate::format::key::{ContentHash, Namespace};
 use crate::format::record::Record;
@@ -263,11 +263,33 @@ impl Ctx {
         F: Fn(Vec<String>) -> Fut + Clone,
         Fut: std::future::Future<Output = Result<Vec<T>>>,
     {
-        let chunk = chunk.max(1);
-        let ranges = (0..len)
-            .step_by(chunk)
-            .map(move |s| s..(s + chunk).min(len));
-        futures_util::stream::iter(ranges)
+        let mut out = Vec::new();
+        let ranges = batch_ranges(len, chunk.max(1), usize::MAX, |_| 0);
+        self.for_each_chunk(ranges, keys_of, rate_limited, report, op, |range, r| {
+            out.push((range, r))
+        })
+        .await;
+        out
+    }
+
+    /// Runs `op` over the keys of `ranges` (chunks of indices) as [`Self::chunked_by`] does,
+    /// handing each chunk's result to `each` in input order as soon as it is ready: at most
+    /// `concurrency` chunks (keys and values) are held at once, however many there are.
+    pub async fn for_each_chunk<T, K, F, Fut>(
+        &self,
+        ranges: Vec<std::ops::Range<usize>>,
+        keys_of: K,
+        rate_limited: bool,
+        report: bool,
+        op: F,
+        mut each: impl FnMut(std::ops::Range<usize>, Result<Vec<T>>),
+    ) where
+        T: Weight,
+        K: Fn(std::ops::Range<usize>) -> Vec<String>,
+        F: Fn(Vec<String>) -> Fut + Clone,
+        Fut: std::future::Future<Output = Result<Vec<T>>>,
+    {
+        let mut results = futures_util::stream::iter(ranges)
             .map(|range| {
                 let op = op.clone();
                 let slice = keys_of(range.clone());
@@ -285,9 +307,10 @@ impl Ctx {
                     (range, r)
                 }
             })
-            .buffered(self.throttle.concurrency)
-            .collect()
-            .await
+            .buffered(self.throttle.concurrency);
+        while let Some((range, r)) = results.next().await {
+            each(range, r);
+        }
     }
 
     /// [`Self::chunked`] over [`Cache::exists_many`], in chunks of [`Self::key_chunk`], for `len`
@@ -314,17 +337,30 @@ impl Ctx {
         .await
     }
 
-    /// [`Self::chunked`] over [`Cache::get_many`], rate limited and reported as progress, in
-    /// chunks of [`Self::chunk`].
-    pub async fn get_chunked(
+    /// Fetches `len` values over [`Cache::get_many`], rate limited and reported as progress, in
+    /// chunks of at most [`Self::chunk`] keys and about the batch byte limit, value `i` being
+    /// expected to weigh `size_of(i)` bytes: `key_of(i)` is the `i`th key, and `each` receives
+    /// every chunk's values in order as they arrive, so only the chunks in flight are held.
+    pub async fn get_each(
         &self,
-        keys: &[String],
-    ) -> Vec<(std::ops::Range<usize>, Result<Vec<Option<Bytes>>>)> {
+        len: usize,
+        key_of: impl Fn(usize) -> String,
+        size_of: impl Fn(usize) -> usize,
+        each: impl FnMut(std::ops::Range<usize>, Result<Vec<Option<Bytes>>>),
+    ) {
         let cache = self.cache.clone();
-        self.chunked(keys, self.chunk(), true, true, move |k| {
-            let c = cache.clone();
-            async move { c.get_many(&k).await }
-        })
+        let ranges = batch_ranges(len, self.chunk(), self.throttle.batch_max_bytes, size_of);
+        self.for_each_chunk(
+            ranges,
+            |range| range.map(&key_of).collect(),
+            true,
+            true,
+            move |k| {
+                let c = cache.clone();
+                async move { c.get_many(&k).await }
+            },
+            each,
+        )
         .await
     }
 

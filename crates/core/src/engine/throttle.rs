@@ -246,20 +246,34 @@ pub(crate) fn batches<T>(
     max_bytes: usize,
     size: impl Fn(&T) -> usize,
 ) -> Vec<Vec<T>> {
+    let ranges = batch_ranges(items.len(), max_items, max_bytes, |i| size(&items[i]));
+    let mut items = items.into_iter();
+    ranges
+        .into_iter()
+        .map(|r| items.by_ref().take(r.len()).collect())
+        .collect()
+}
+
+/// Splits `len` items, item `i` weighing `size(i)` bytes, into consecutive ranges of at most
+/// `max_items` items and about `max_bytes` bytes (a heavier item forms its own range).
+pub(crate) fn batch_ranges(
+    len: usize,
+    max_items: usize,
+    max_bytes: usize,
+    size: impl Fn(usize) -> usize,
+) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
-    let mut cur = Vec::new();
-    let mut cur_bytes: usize = 0;
-    for item in items {
-        let s = size(&item);
-        if !cur.is_empty() && (cur.len() >= max_items || cur_bytes.saturating_add(s) > max_bytes) {
-            out.push(std::mem::take(&mut cur));
-            cur_bytes = 0;
+    let (mut start, mut bytes) = (0, 0usize);
+    for i in 0..len {
+        let s = size(i);
+        if i > start && (i - start >= max_items || bytes.saturating_add(s) > max_bytes) {
+            out.push(start..i);
+            (start, bytes) = (i, 0);
         }
-        cur_bytes = usize::saturating_add(cur_bytes, s);
-        cur.push(item);
+        bytes = bytes.saturating_add(s);
     }
-    if !cur.is_empty() {
-        out.push(cur);
+    if len > start {
+        out.push(start..len);
     }
     out
 }
@@ -404,6 +418,20 @@ mod tests {
         ] {
             assert!(p.validate().is_err(), "{p:?}");
         }
+    }
+
+    #[test]
+    fn batch_ranges_cover_every_item_once_within_limits() {
+        assert_eq!(
+            batch_ranges(0, 4, 100, |_| 1),
+            Vec::<std::ops::Range<usize>>::new()
+        );
+        assert_eq!(batch_ranges(10, 4, usize::MAX, |_| 0), [0..4, 4..8, 8..10]);
+        let sizes = [600, 600, 100, 2000, 1];
+        assert_eq!(
+            batch_ranges(sizes.len(), 10, 1000, |i| sizes[i]),
+            [0..1, 1..3, 3..4, 4..5]
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use globset::GlobSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::phases::{self, Phases};
 use super::pipeline::Ctx;
 use super::report::{Failure, WarmReport};
 use crate::backend::{CacheBackend, ServerStats};
@@ -112,16 +113,13 @@ impl Warmer {
         let started = Instant::now();
         let hashed_before = self.ctx.source.files_hashed();
         // The walk runs on the blocking pool while the index is read and verified.
-        let (scan, indexed) = tokio::join!(self.ctx.scan(), self.verified_index());
+        let (scan, indexed) = tokio::join!(
+            phases::timed("scan", self.ctx.scan()),
+            self.verified_index()
+        );
         let scan = scan?;
         let (index, evicted) = indexed?;
-        tracing::debug!(
-            files = scan.files.len(),
-            entries = index.entries.len(),
-            evicted = evicted.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "scanned and read the index"
-        );
+        let mut phases = Phases::start();
         self.ctx.source.prune_state(&scan);
         let mut report = WarmReport {
             scanned: scan.files.len() + scan.failures.len(),
@@ -161,6 +159,8 @@ impl Warmer {
         }
         // `previous` holds the entries still needed.
         drop((scan, index, evicted));
+        let hashed_suspects = suspect.len();
+        phases.done("compare", report.scanned);
         if !suspect.is_empty() {
             let (hashes, failed) = self.ctx.hash_all(&suspect).await;
             report.failed.extend(failed);
@@ -181,12 +181,8 @@ impl Warmer {
                 }
             }
         }
+        phases.done("hash", hashed_suspects);
         dirty.sort_by_cached_key(|f| self.rank(&f.name));
-        tracing::debug!(
-            dirty = dirty.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "classified"
-        );
 
         // A cache smaller than the tree evicts while we write, and only the server knows: read
         // its eviction counter around the writes (not on a run with nothing to write).
@@ -210,9 +206,9 @@ impl Warmer {
         {
             note_evictions(&mut report, &before, &after);
         }
-        tracing::debug!(ms = started.elapsed().as_millis() as u64, "written");
+        phases.done("write", report.written);
         self.ctx.source.save_state();
-        tracing::debug!(ms = started.elapsed().as_millis() as u64, "state saved");
+        phases.done("state save", report.scanned);
         report.files_hashed = self.ctx.source.files_hashed() - hashed_before;
         report.duration = started.elapsed();
         Ok(report)
@@ -233,7 +229,7 @@ impl Warmer {
     /// Loads the index and, on backends that may evict, the names of confirmed entries that no
     /// longer exist.
     async fn verified_index(&self) -> Result<(IndexSnapshot, HashSet<String>)> {
-        let (index, _) = self.ctx.load_index().await?;
+        let (index, _) = phases::timed("index read", self.ctx.load_index()).await?;
         let mut evicted = HashSet::new();
         if !(self.verify_existing && self.ctx.cache.capabilities().evicts) {
             return Ok((index, evicted));
@@ -246,10 +242,12 @@ impl Warmer {
             .collect();
         // Runs while the tree is scanned: the scan is the phase shown. Keys are built per chunk.
         let ns = &self.ctx.namespace;
-        let results = self
-            .ctx
-            .exists_chunked_by(names.len(), |i| ns.key_for(names[i]), false, false)
-            .await;
+        let results = phases::timed(
+            "existence check",
+            self.ctx
+                .exists_chunked_by(names.len(), |i| ns.key_for(names[i]), false, false),
+        )
+        .await;
         for (range, r) in results {
             let exists = r.map_err(|e| e.context("checking that cached templates exist"))?;
             for (name, ok) in names[range].iter().zip(exists) {

@@ -100,11 +100,15 @@ impl Namespace {
 
     /// Whether `key` is a template key of this namespace (not an index key).
     pub fn is_template_key(&self, key: &str) -> bool {
-        key.strip_prefix(self.0.as_str())
-            .and_then(|rest| rest.strip_prefix(':'))
-            .is_some_and(|h| {
-                h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-            })
+        self.name_hash_of_key(key).is_some()
+    }
+
+    /// The name hash a template key of this namespace carries (see [`Self::key_for`]), or
+    /// `None` when `key` is not one.
+    pub fn name_hash_of_key(&self, key: &str) -> Option<ContentHash> {
+        let hex = key.strip_prefix(self.0.as_str())?.strip_prefix(':')?;
+        let valid = hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        valid.then(|| ContentHash::from_hex(hex).ok()).flatten()
     }
 
     /// The key of the index root record, `<namespace>:index`.
@@ -191,6 +195,11 @@ mod tests {
         assert_eq!(key.len(), 4 + 64);
         assert!(key.starts_with("tpl:"));
         assert!(ns.is_template_key(&key));
+        assert_eq!(
+            ns.name_hash_of_key(&key),
+            Some(ContentHash::of(b"emails/welcome.html"))
+        );
+        assert_eq!(ns.name_hash_of_key(&key.replace("tpl:", "TPL:")), None);
         assert!(!ns.is_template_key(&ns.index_root_key()));
         assert!(!ns.is_template_key(&ns.index_shard_key(7, 0)));
         assert!(!Namespace::new("other").unwrap().is_template_key(&key));

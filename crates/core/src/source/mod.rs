@@ -42,7 +42,9 @@ impl Source {
     pub fn new(config: SourceConfig) -> Result<Arc<Self>> {
         let filter = Filter::new(&config)?;
         let root = std::fs::canonicalize(&config.root).unwrap_or_else(|_| config.root.clone());
+        let started = std::time::Instant::now();
         let store = FingerprintStore::load(config.state_path.as_deref(), &root);
+        crate::engine::phases::log("state load", started.elapsed(), store.len());
         Ok(Arc::new(Source {
             config,
             filter,
