@@ -3,6 +3,7 @@
 
 // Arrows point one way: format ← backend ← index ← engine; source and config sit beside them.
 pub mod backend;
+pub mod collections;
 pub mod config;
 pub mod engine;
 pub mod error;

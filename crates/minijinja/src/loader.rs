@@ -293,7 +293,7 @@ impl CacheLoader {
     pub async fn preload_index(&self) -> Result<LoadReport> {
         let snapshot = index::load(&self.inner.cache, &self.inner.config.namespace).await?;
         let names = snapshot
-            .map(|s| s.entries.into_keys().collect::<Vec<_>>())
+            .map(|s| s.entries.keys().map(str::to_owned).collect::<Vec<_>>())
             .unwrap_or_default();
         Ok(self.preload(names).await)
     }

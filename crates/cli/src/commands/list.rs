@@ -16,7 +16,7 @@ pub async fn run(
     let index = template_cache::index::load(&Cache::new(backend), &ns)
         .await?
         .unwrap_or_default();
-    let mut names: Vec<&String> = index.entries.keys().collect();
+    let mut names: Vec<&str> = index.entries.keys().collect();
     names.sort();
     for lost in &index.lost {
         tracing::warn!("{lost}");

@@ -4,7 +4,6 @@
 //! compare with the index, confirm existence, verify fetched entries, classify orphans. The
 //! result is a [`CheckReport`] carrying the `Plan` that [`super::resolve`] acts on.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,6 +15,7 @@ use super::pipeline::{Ctx, chunk_failures};
 use super::plan::{Deletion, Kind, Plan};
 use super::report::{CheckMode, CheckReport, Failure};
 use crate::backend::CacheBackend;
+use crate::collections::{FastMap, FastSet};
 use crate::config::EngineConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::key::ContentHash;
@@ -224,7 +224,7 @@ impl Checker {
     async fn verify(
         &self,
         files: &[&SourceFile],
-        hashes: &HashMap<&str, ContentHash>,
+        hashes: &FastMap<&str, ContentHash>,
         index: &IndexSnapshot,
         found: &mut Findings,
     ) {
@@ -280,13 +280,13 @@ impl Checker {
     ) -> Result<()> {
         let ctx = &self.ctx;
         let ns = &ctx.namespace;
-        let file_names: HashSet<&str> = scan.files.iter().map(|f| f.name.as_str()).collect();
+        let file_names: FastSet<&str> = scan.files.iter().map(|f| f.name.as_str()).collect();
         // What the scan could not see (an unreadable or vanished directory, a failed stat) may
         // still exist: nothing under it is ever an orphan.
         let unseen = scan.unknown();
         for name in index.entries.keys() {
-            if !file_names.contains(name.as_str()) && !unseen.covers(name) {
-                found.remove(Kind::Orphaned, Some(name.clone()), ns.key_for(name));
+            if !file_names.contains(name) && !unseen.covers(name) {
+                found.remove(Kind::Orphaned, Some(name.to_owned()), ns.key_for(name));
             }
         }
         drop(file_names);
@@ -296,11 +296,11 @@ impl Checker {
         }
         // Only a listing needs every known key: held as the name hashes that keys carry
         // (16 bytes each), not as key strings.
-        let ids = |names: &mut dyn Iterator<Item = &String>| -> HashSet<u128> {
-            names.map(|n| name_id(n)).collect()
+        let ids = |names: &mut dyn Iterator<Item = &str>| -> FastSet<u128> {
+            names.map(name_id).collect()
         };
         let indexed = ids(&mut index.entries.keys());
-        let files = ids(&mut scan.files.iter().map(|f| &f.name));
+        let files = ids(&mut scan.files.iter().map(|f| f.name.as_str()));
         let prefix = ns.prefix();
         ctx.phase_unknown_total("listing");
         let (r, _) = ctx.retry.run(|| ctx.cache.list_keys(&prefix)).await;
@@ -356,7 +356,7 @@ impl Checker {
 fn compare<'a>(
     mode: CheckMode,
     scan: &'a Scan,
-    hashes: &HashMap<&str, ContentHash>,
+    hashes: &FastMap<&str, ContentHash>,
     index: &IndexSnapshot,
     found: &mut Findings,
 ) -> Comparison<'a> {

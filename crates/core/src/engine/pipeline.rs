@@ -1,7 +1,6 @@
 //! The machinery both engines share: backend calls with retries, chunking, and the write
 //! pipeline that marks the index, writes records in throttled batches, and confirms the index.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -10,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::lease::{LeaseConfig, SharedLease};
 use crate::backend::{Cache, CacheBackend, Fence};
+use crate::collections::FastMap;
 use crate::config::{EngineConfig, ProgressHandle};
 use crate::engine::report::Failure;
 use crate::engine::throttle::{Limiters, RetryPolicy, Throttle, batch_ranges, batches};
@@ -369,8 +369,8 @@ impl Ctx {
     pub async fn hash_all<'a>(
         &self,
         files: &'a [SourceFile],
-    ) -> (HashMap<&'a str, ContentHash>, Vec<Failure>) {
-        let mut hashes = HashMap::with_capacity(files.len());
+    ) -> (FastMap<&'a str, ContentHash>, Vec<Failure>) {
+        let mut hashes = crate::collections::map_with_capacity(files.len());
         let mut to_read: Vec<usize> = Vec::new();
         for (i, f) in files.iter().enumerate() {
             match self.source.known_hash(f) {
@@ -427,7 +427,7 @@ impl Ctx {
     pub async fn write_files(
         &self,
         files: Vec<SourceFile>,
-        previous: &HashMap<String, IndexEntry>,
+        previous: &FastMap<String, IndexEntry>,
         cancel: &CancellationToken,
     ) -> Result<WriteOutcome> {
         let mut out = WriteOutcome::default();

@@ -1,8 +1,7 @@
 //! What a check found that resolution can act on: the plan a [`super::report::CheckReport`]
 //! carries to [`super::resolve`].
 
-use std::collections::HashMap;
-
+use crate::collections::FastMap;
 use crate::index::IndexEntry;
 use crate::source::scan::SourceFile;
 
@@ -32,7 +31,7 @@ pub(crate) struct Plan {
     /// Entries to delete.
     pub delete: Vec<Deletion>,
     /// Index entries before the check of the templates in `write`, for the write protocol.
-    pub previous: HashMap<String, IndexEntry>,
+    pub previous: FastMap<String, IndexEntry>,
     /// Index entries that disagree with verified cache content.
     pub index_fixups: Vec<(String, IndexEntry)>,
 }

@@ -1,14 +1,13 @@
 //! Resolution: repairs what a check found, as a [`ResolvePolicy`] allows, behind safety
 //! thresholds checked before anything changes.
 
-use std::collections::HashMap;
-
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::check::Checker;
 use super::plan::{Deletion, Kind};
 use super::report::{CheckReport, Failure, ResolveReport};
+use crate::collections::FastMap;
 use crate::error::{Error, ErrorKind, Result};
 use crate::index::{IndexChanges, IndexEntry};
 use crate::source::scan::SourceFile;
@@ -202,10 +201,10 @@ impl Checker {
     async fn write_entries(
         &self,
         writes: &[&(Kind, SourceFile)],
-        previous: &HashMap<String, IndexEntry>,
+        previous: &FastMap<String, IndexEntry>,
         out: &mut ResolveReport,
     ) -> Result<()> {
-        let kinds: HashMap<&str, Kind> =
+        let kinds: FastMap<&str, Kind> =
             writes.iter().map(|(k, f)| (f.name.as_str(), *k)).collect();
         let files: Vec<SourceFile> = writes.iter().map(|(_, f)| f.clone()).collect();
         let outcome = self

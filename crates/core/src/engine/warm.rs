@@ -1,6 +1,5 @@
 //! The warmer: writes new and changed templates to the cache, once or periodically.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +11,7 @@ use super::phases::{self, Phases};
 use super::pipeline::Ctx;
 use super::report::{Failure, WarmReport};
 use crate::backend::{CacheBackend, ServerStats};
+use crate::collections::{FastMap, FastSet};
 use crate::config::EngineConfig;
 use crate::error::Result;
 use crate::history::Recorder;
@@ -133,7 +133,7 @@ impl Warmer {
         // Clean: the index confirms the hash the fingerprint vouches for, and the entry exists.
         // Suspect: the entry holds the index's hash but the fingerprint changed (touched, copied
         // again, checked out again): hash first, and write only if the content changed.
-        let mut previous: HashMap<String, IndexEntry> = HashMap::new();
+        let mut previous: FastMap<String, IndexEntry> = FastMap::default();
         let mut suspect: Vec<SourceFile> = Vec::new();
         let mut dirty: Vec<SourceFile> = Vec::new();
         let mut indexed = 0usize;
@@ -228,13 +228,13 @@ impl Warmer {
 
     /// Loads the index and, on backends that may evict, the names of confirmed entries that no
     /// longer exist.
-    async fn verified_index(&self) -> Result<(IndexSnapshot, HashSet<String>)> {
+    async fn verified_index(&self) -> Result<(IndexSnapshot, FastSet<String>)> {
         let (index, _) = phases::timed("index read", self.ctx.load_index()).await?;
-        let mut evicted = HashSet::new();
+        let mut evicted = FastSet::default();
         if !(self.verify_existing && self.ctx.cache.capabilities().evicts) {
             return Ok((index, evicted));
         }
-        let names: Vec<&String> = index
+        let names: Vec<&str> = index
             .entries
             .iter()
             .filter(|(_, e)| !e.pending)
@@ -252,7 +252,7 @@ impl Warmer {
             let exists = r.map_err(|e| e.context("checking that cached templates exist"))?;
             for (name, ok) in names[range].iter().zip(exists) {
                 if !ok {
-                    evicted.insert((*name).clone());
+                    evicted.insert((*name).to_owned());
                 }
             }
         }
@@ -294,7 +294,7 @@ impl Warmer {
                 None => report.needs_full_run = true,
             }
         }
-        let mut seen = HashSet::new();
+        let mut seen = FastSet::default();
         for (name, probe) in probed {
             if !seen.insert(name.clone()) {
                 continue;
@@ -321,7 +321,10 @@ impl Warmer {
         dirty.sort_by_cached_key(|f| self.rank(&f.name));
         // The pending marks of these writes carry no previous hash: a pending entry is never
         // trusted, whatever hash it carries.
-        let outcome = self.ctx.write_files(dirty, &HashMap::new(), cancel).await?;
+        let outcome = self
+            .ctx
+            .write_files(dirty, &FastMap::default(), cancel)
+            .await?;
         for f in &outcome.failed {
             source.forget(&f.name);
         }
@@ -430,13 +433,13 @@ const MAX_EXPANDED_FILES: usize = 50_000;
 
 /// Index entries whose file `scan` did not find, outside the parts of the tree it could not read.
 fn orphans(scan: &crate::source::scan::Scan, index: &IndexSnapshot) -> Vec<String> {
-    let found: HashSet<&str> = scan.files.iter().map(|f| f.name.as_str()).collect();
+    let found: FastSet<&str> = scan.files.iter().map(|f| f.name.as_str()).collect();
     let unknown = scan.unknown();
     let mut gone: Vec<String> = index
         .entries
         .keys()
-        .filter(|n| !found.contains(n.as_str()) && !unknown.covers(n))
-        .cloned()
+        .filter(|n| !found.contains(n) && !unknown.covers(n))
+        .map(str::to_owned)
         .collect();
     gone.sort();
     gone

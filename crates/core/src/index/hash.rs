@@ -2,12 +2,11 @@
 //! `<namespace>:index`, one field per template name whose value is the entry's SHA-256, size and
 //! flags (41 bytes, `docs/format.md`).
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 
 use super::{IndexChanges, IndexEntry, IndexSnapshot};
 use crate::backend::{Cache, Fence};
+use crate::collections::FastMap;
 use crate::error::Result;
 use crate::format::bytes::Reader;
 use crate::format::key::Namespace;
@@ -50,7 +49,7 @@ pub async fn load(cache: &Cache, ns: &Namespace) -> Result<Option<IndexSnapshot>
         for (name, value) in page {
             match (std::str::from_utf8(&name), decode_value(&value)) {
                 (Ok(n), Some(e)) => {
-                    snap.entries.insert(n.to_owned(), e);
+                    snap.entries.insert(n, e);
                 }
                 _ => snap.lost.push(format!(
                     "{key}: malformed field {:?}",
@@ -74,7 +73,8 @@ pub async fn update(
     fence: Option<&Fence>,
 ) -> Result<()> {
     let key = ns.index_root_key();
-    let mut last: HashMap<&str, &IndexEntry> = HashMap::with_capacity(changes.upserts.len());
+    let mut last: FastMap<&str, &IndexEntry> =
+        crate::collections::map_with_capacity(changes.upserts.len());
     for (n, e) in &changes.upserts {
         last.insert(n, e);
     }

@@ -8,10 +8,11 @@
 //! This module holds the model; each layout a backend can declare
 //! ([`crate::backend::IndexLayout`]) has its own file: [`sharded`] and [`hash`].
 
+mod entries;
 pub mod hash;
 pub mod sharded;
 
-use std::collections::HashMap;
+pub use entries::IndexEntries;
 
 use crate::backend::{Cache, Fence, IndexLayout};
 use crate::error::{Error, ErrorKind, Result};
@@ -79,7 +80,7 @@ pub struct IndexEntry {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IndexSnapshot {
     /// Every entry that could be read.
-    pub entries: HashMap<String, IndexEntry>,
+    pub entries: IndexEntries,
     /// Descriptions of parts of the index that were lost (evicted) or unreadable. Names in them
     /// are unknown: orphans they held can only be found on backends that list keys.
     pub lost: Vec<String>,

@@ -1,10 +1,10 @@
 //! The sharded index layout ([`crate::backend::IndexLayout::Sharded`]): a root record and
 //! generation-tagged shards stored under ordinary keys, for stores that only hold values.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{IndexChanges, IndexEntry, IndexSnapshot};
+use super::{IndexChanges, IndexEntries, IndexEntry, IndexSnapshot};
 use crate::backend::Cache;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::bytes::Reader;
@@ -206,7 +206,7 @@ pub async fn load(b: &Cache, ns: &Namespace) -> Result<Option<IndexSnapshot>> {
         Ok(None) => return Ok(None),
         Err(e) if e.kind() == ErrorKind::Corrupt => {
             return Ok(Some(IndexSnapshot {
-                entries: HashMap::new(),
+                entries: IndexEntries::default(),
                 lost: vec![e.to_string()],
             }));
         }
@@ -215,7 +215,7 @@ pub async fn load(b: &Cache, ns: &Namespace) -> Result<Option<IndexSnapshot>> {
     let nos: Vec<u32> = (0..root.shard_count).collect();
     let (shards, lost) = read_shards(b, ns, &root, &nos).await?;
     // Sized by what was decoded, never by the root's (untrusted) entry count.
-    let mut entries = HashMap::with_capacity(shards.iter().map(|(_, s)| s.len()).sum());
+    let mut entries = IndexEntries::with_capacity(shards.iter().map(|(_, s)| s.len()).sum());
     for (_, shard) in shards {
         entries.extend(shard);
     }
@@ -246,7 +246,7 @@ pub async fn update(b: &Cache, ns: &Namespace, changes: &IndexChanges) -> Result
     })?;
     let Some(root) = root else {
         // No index yet (or it was evicted): write a fresh generation from the changes alone.
-        let mut all = HashMap::new();
+        let mut all = IndexEntries::default();
         apply(&mut all, changes);
         return write_generation(b, ns, all, None, max_value).await;
     };
@@ -325,9 +325,9 @@ pub async fn update(b: &Cache, ns: &Namespace, changes: &IndexChanges) -> Result
     Ok(())
 }
 
-fn apply(all: &mut HashMap<String, IndexEntry>, changes: &IndexChanges) {
+fn apply(all: &mut IndexEntries, changes: &IndexChanges) {
     for (name, e) in &changes.upserts {
-        all.insert(name.clone(), *e);
+        all.insert(name, *e);
     }
     for name in &changes.removals {
         all.remove(name);
@@ -337,7 +337,7 @@ fn apply(all: &mut HashMap<String, IndexEntry>, changes: &IndexChanges) {
 async fn write_generation(
     b: &Cache,
     ns: &Namespace,
-    all: HashMap<String, IndexEntry>,
+    all: IndexEntries,
     old: Option<Root>,
     max_value: Option<usize>,
 ) -> Result<()> {
@@ -353,9 +353,9 @@ async fn write_generation(
         entries: all.len() as u64,
     };
     let mut shards: Vec<Shard> = (0..shard_count).map(|_| Shard::new()).collect();
-    for (name, e) in all {
-        let no = shard_of(&name, shard_count) as usize;
-        shards[no].insert(name, e);
+    for (name, e) in all.iter() {
+        let no = shard_of(name, shard_count) as usize;
+        shards[no].insert(name.to_owned(), *e);
     }
     let mut batch = Vec::new();
     for (no, shard) in shards.iter().enumerate() {

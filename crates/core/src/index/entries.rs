@@ -1,0 +1,217 @@
+//! [`IndexEntries`]: the entries of an index by template name, held compactly: every name in
+//! one buffer, every entry in one vector, and a hash table of positions. About 64 bytes per
+//! entry plus its name, with no allocation per entry, where a `HashMap<String, IndexEntry>`
+//! costs twice that at a million templates.
+
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+
+use super::IndexEntry;
+use crate::collections::FastHasher;
+
+/// One entry and where its name lies in the names buffer.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    start: usize,
+    len: u32,
+    removed: bool,
+    entry: IndexEntry,
+}
+
+/// Index entries by template name: a compact map (see the module documentation).
+#[derive(Clone, Default)]
+pub struct IndexEntries {
+    names: String,
+    slots: Vec<Slot>,
+    table: HashTable<usize>,
+    hasher: FastHasher,
+    removed: usize,
+}
+
+impl IndexEntries {
+    /// An empty map with room for `n` entries.
+    pub fn with_capacity(n: usize) -> Self {
+        IndexEntries {
+            slots: Vec::with_capacity(n),
+            table: HashTable::with_capacity(n),
+            ..Default::default()
+        }
+    }
+
+    /// How many names it holds.
+    pub fn len(&self) -> usize {
+        self.slots.len() - self.removed
+    }
+
+    /// Whether it holds no name.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The entry of `name`.
+    pub fn get(&self, name: &str) -> Option<&IndexEntry> {
+        let hash = self.hasher.hash_one(name);
+        self.table
+            .find(hash, |&i| self.name_at(i) == name)
+            .map(|&i| &self.slots[i].entry)
+    }
+
+    /// Whether it holds `name`.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Sets the entry of `name`, returning the previous one.
+    pub fn insert(&mut self, name: &str, entry: IndexEntry) -> Option<IndexEntry> {
+        let hash = self.hasher.hash_one(name);
+        let (names, slots) = (&self.names, &mut self.slots);
+        if let Some(&i) = self
+            .table
+            .find(hash, |&i| name_of(names, &slots[i]) == name)
+        {
+            return Some(std::mem::replace(&mut slots[i].entry, entry));
+        }
+        let Ok(len) = u32::try_from(name.len()) else {
+            // No template name comes near 4 GiB (the scan refuses long paths long before).
+            return None;
+        };
+        let i = slots.len();
+        slots.push(Slot {
+            start: self.names.len(),
+            len,
+            removed: false,
+            entry,
+        });
+        self.names.push_str(name);
+        let (names, slots, hasher) = (&self.names, &self.slots, &self.hasher);
+        self.table
+            .insert_unique(hash, i, |&j| hasher.hash_one(name_of(names, &slots[j])));
+        None
+    }
+
+    /// Removes `name`, returning its entry. Its name's bytes stay in the buffer until the map
+    /// is dropped (removals are few: what one run deletes).
+    pub fn remove(&mut self, name: &str) -> Option<IndexEntry> {
+        let hash = self.hasher.hash_one(name);
+        let (names, slots) = (&self.names, &self.slots);
+        let found = self
+            .table
+            .find_entry(hash, |&i| name_of(names, &slots[i]) == name)
+            .ok()?;
+        let (i, _) = found.remove();
+        self.slots[i].removed = true;
+        self.removed += 1;
+        Some(self.slots[i].entry)
+    }
+
+    /// Every name, in insertion order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.iter().map(|(n, _)| n)
+    }
+
+    /// Every name and entry, in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &IndexEntry)> {
+        self.slots
+            .iter()
+            .filter(|s| !s.removed)
+            .map(|s| (name_of(&self.names, s), &s.entry))
+    }
+
+    fn name_at(&self, i: usize) -> &str {
+        name_of(&self.names, &self.slots[i])
+    }
+}
+
+fn name_of<'a>(names: &'a str, slot: &Slot) -> &'a str {
+    names
+        .get(slot.start..slot.start + slot.len as usize)
+        .unwrap_or_default()
+}
+
+impl std::fmt::Debug for IndexEntries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// Equal when they hold the same names with the same entries, whatever the order.
+impl PartialEq for IndexEntries {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|(n, e)| other.get(n) == Some(e))
+    }
+}
+
+impl Eq for IndexEntries {}
+
+impl<N: AsRef<str>> Extend<(N, IndexEntry)> for IndexEntries {
+    fn extend<I: IntoIterator<Item = (N, IndexEntry)>>(&mut self, items: I) {
+        for (n, e) in items {
+            self.insert(n.as_ref(), e);
+        }
+    }
+}
+
+impl<N: AsRef<str>> FromIterator<(N, IndexEntry)> for IndexEntries {
+    fn from_iter<I: IntoIterator<Item = (N, IndexEntry)>>(items: I) -> Self {
+        let mut out = IndexEntries::default();
+        out.extend(items);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::key::ContentHash;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    fn entry(n: u8) -> IndexEntry {
+        IndexEntry {
+            hash: ContentHash([n; 32]),
+            size: u64::from(n),
+            pending: n % 2 == 0,
+        }
+    }
+
+    #[test]
+    fn behaves_as_a_map() {
+        let mut m = IndexEntries::with_capacity(2);
+        assert!(m.is_empty());
+        assert_eq!(m.insert("a/b.html", entry(1)), None);
+        assert_eq!(m.insert("a/c.html", entry(2)), None);
+        assert_eq!(m.insert("a/b.html", entry(3)), Some(entry(1)));
+        assert_eq!((m.len(), m.get("a/b.html")), (2, Some(&entry(3))));
+        assert_eq!(m.remove("a/b.html"), Some(entry(3)));
+        assert_eq!(m.remove("a/b.html"), None);
+        assert!(!m.contains_key("a/b.html") && m.contains_key("a/c.html"));
+        assert_eq!(m.insert("a/b.html", entry(4)), None);
+        assert_eq!(m.keys().collect::<Vec<_>>(), ["a/c.html", "a/b.html"]);
+        let same: IndexEntries = [("a/b.html", entry(4)), ("a/c.html", entry(2))]
+            .into_iter()
+            .collect();
+        assert_eq!(m, same);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn agrees_with_a_hash_map(ops in proptest::collection::vec((any::<bool>(), 0u8..40, any::<u8>()), 0..300)) {
+            let (mut m, mut model) = (IndexEntries::default(), HashMap::new());
+            for (insert, name, e) in ops {
+                let name = format!("dir/{name}.html");
+                if insert {
+                    prop_assert_eq!(m.insert(&name, entry(e)), model.insert(name, entry(e)));
+                } else {
+                    prop_assert_eq!(m.remove(&name), model.remove(&name));
+                }
+            }
+            prop_assert_eq!(m.len(), model.len());
+            for (n, e) in &model {
+                prop_assert_eq!(m.get(n), Some(e));
+            }
+            prop_assert_eq!(m.iter().count(), model.len());
+        }
+    }
+}
