@@ -243,9 +243,12 @@ impl Source {
         // Every scanned file that was hashed is in the store, so extra entries mean files are
         // gone: only then is pruning worth a pass.
         if store.len() > scan.files.len() {
-            let names: std::collections::HashSet<&str> =
-                scan.files.iter().map(|f| f.name.as_str()).collect();
-            store.retain(|n| names.contains(n));
+            let ids: std::collections::HashSet<u128> = scan
+                .files
+                .iter()
+                .map(|f| FingerprintStore::id_of(&f.name))
+                .collect();
+            store.retain_ids(|id| ids.contains(&id));
         }
     }
 
