@@ -15,13 +15,13 @@ use super::pipeline::{Ctx, chunk_failures};
 use super::plan::{Deletion, Kind, Plan};
 use super::report::{CheckMode, CheckReport, Failure};
 use crate::backend::CacheBackend;
-use crate::collections::{FastMap, FastSet};
+use crate::collections::FastSet;
 use crate::config::EngineConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::key::ContentHash;
 use crate::format::record::Record;
 use crate::history::Recorder;
-use crate::index::{IndexEntry, IndexSnapshot};
+use crate::index::{IndexEntry, IndexSnapshot, Marks};
 use crate::source::Source;
 use crate::source::scan::{Scan, SourceFile};
 
@@ -71,8 +71,11 @@ impl Findings {
 struct Comparison<'a> {
     /// The index holds the file's hash: only the entry's existence needs confirming.
     exist_check: Vec<&'a SourceFile>,
-    /// The entry must be fetched and verified (deep mode, pending or unindexed templates).
-    fetch: Vec<&'a SourceFile>,
+    /// The entry must be fetched and verified against the file's hash (deep mode, pending or
+    /// unindexed templates).
+    fetch: Vec<(&'a SourceFile, ContentHash)>,
+    /// The index entries some scanned file matched: the others are orphans.
+    marks: Marks,
 }
 
 impl Checker {
@@ -154,18 +157,18 @@ impl Checker {
         }));
 
         let cmp = compare(mode, &scan, &hashes, &index, &mut found);
+        drop(hashes);
         phases.done("compare", scan.files.len());
         self.confirm_existence(&cmp.exist_check, &mut found).await;
         phases.done("existence check", cmp.exist_check.len());
-        self.verify(&cmp.fetch, &hashes, &index, &mut found).await;
+        self.verify(&cmp.fetch, &index, &mut found).await;
         phases.done("verify", cmp.fetch.len());
-        // Not needed to classify orphans: freed before that phase's own sets are built.
-        drop(cmp);
-        drop(hashes);
+        // Only the marks are needed to classify orphans.
+        let marks = cmp.marks;
         // Every entry is indexed before it is written, so a quick check trusts an intact index
         // for orphans; a deep check, or a missing or damaged index, lists the keys as well.
         let list = mode == CheckMode::Deep || !index_exists || !index.lost.is_empty();
-        self.classify_orphans(&scan, &index, list, &mut found)
+        self.classify_orphans(&scan, &index, &marks, list, &mut found)
             .await?;
         phases.done("orphans", index.entries.len());
         ctx.source.prune_state(&scan);
@@ -223,29 +226,29 @@ impl Checker {
     /// Verified content that the index does not describe becomes an index fix-up.
     async fn verify(
         &self,
-        files: &[&SourceFile],
-        hashes: &FastMap<&str, ContentHash>,
+        files: &[(&SourceFile, ContentHash)],
         index: &IndexSnapshot,
         found: &mut Findings,
     ) {
         let ctx = &self.ctx;
         ctx.phase("verifying", files.len());
-        let key_of = |i: usize| ctx.namespace.key_for(&files[i].name);
+        let key_of = |i: usize| ctx.namespace.key_for(&files[i].0.name);
         // A record weighs about its file plus its name and a header.
-        let size_of = |i: usize| files[i].fingerprint.size as usize + files[i].name.len() + 64;
+        let size_of = |i: usize| {
+            let f = files[i].0;
+            f.fingerprint.size as usize + f.name.len() + 64
+        };
         ctx.get_each(files.len(), key_of, size_of, |range, r| {
             let files = &files[range];
             let values = match r {
                 Ok(v) => v,
                 Err(e) => {
-                    found.errors(chunk_failures(&names(files), &e));
+                    let names: Vec<String> = files.iter().map(|(f, _)| f.name.clone()).collect();
+                    found.errors(chunk_failures(&names, &e));
                     return;
                 }
             };
-            for (f, value) in files.iter().zip(values) {
-                let Some(&h) = hashes.get(f.name.as_str()) else {
-                    continue;
-                };
+            for (&(f, h), value) in files.iter().zip(values) {
                 let kind = match value.map(|v| verify(&v, &f.name)) {
                     None => Kind::Missing,
                     Some(Err(_)) => Kind::Corrupt,
@@ -275,21 +278,20 @@ impl Checker {
         &self,
         scan: &Scan,
         index: &IndexSnapshot,
+        marks: &Marks,
         list: bool,
         found: &mut Findings,
     ) -> Result<()> {
         let ctx = &self.ctx;
         let ns = &ctx.namespace;
-        let file_names: FastSet<&str> = scan.files.iter().map(|f| f.name.as_str()).collect();
         // What the scan could not see (an unreadable or vanished directory, a failed stat) may
         // still exist: nothing under it is ever an orphan.
         let unseen = scan.unknown();
-        for name in index.entries.keys() {
-            if !file_names.contains(name) && !unseen.covers(name) {
+        for name in index.entries.unmarked(marks) {
+            if !unseen.covers(name) {
                 found.remove(Kind::Orphaned, Some(name.to_owned()), ns.key_for(name));
             }
         }
-        drop(file_names);
         found.report.entries = index.entries.len();
         if !(list && ctx.cache.capabilities().list_keys) {
             return Ok(());
@@ -353,27 +355,32 @@ impl Checker {
 
 /// Decides per file whether the index suffices or the entry must be fetched; in quick mode, a
 /// confirmed index hash that differs from the file's is outdated without a fetch.
+///
+/// Every scanned file marks its index entry, readable or not: an unreadable file still exists,
+/// so its entry is never an orphan.
 fn compare<'a>(
     mode: CheckMode,
     scan: &'a Scan,
-    hashes: &FastMap<&str, ContentHash>,
+    hashes: &[Option<ContentHash>],
     index: &IndexSnapshot,
     found: &mut Findings,
 ) -> Comparison<'a> {
     let mut cmp = Comparison {
         exist_check: Vec::new(),
         fetch: Vec::new(),
+        marks: index.entries.marks(),
     };
-    for f in &scan.files {
-        let Some(&h) = hashes.get(f.name.as_str()) else {
+    for (f, h) in scan.files.iter().zip(hashes) {
+        let entry = index.entries.get_marking(&f.name, &mut cmp.marks);
+        let Some(h) = *h else {
             continue; // unreadable: already an error
         };
-        match index.entries.get(&f.name) {
+        match entry {
             Some(e) if mode == CheckMode::Quick && !e.pending && e.hash == h => {
                 cmp.exist_check.push(f)
             }
             Some(e) if mode == CheckMode::Quick && !e.pending => found.rewrite(Kind::Outdated, f),
-            _ => cmp.fetch.push(f),
+            _ => cmp.fetch.push((f, h)),
         }
     }
     cmp

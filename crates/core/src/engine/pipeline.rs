@@ -364,21 +364,17 @@ impl Ctx {
         .await
     }
 
-    /// Hashes every file, reading only those whose fingerprint changed. Returns the hashes by
-    /// name (borrowed from `files`) and the files that could not be read.
-    pub async fn hash_all<'a>(
-        &self,
-        files: &'a [SourceFile],
-    ) -> (FastMap<&'a str, ContentHash>, Vec<Failure>) {
-        let mut hashes = crate::collections::map_with_capacity(files.len());
+    /// Hashes every file, reading only those whose fingerprint changed. Returns each file's
+    /// hash (`None` where it could not be read), in the order of `files`, and the failures.
+    pub async fn hash_all(&self, files: &[SourceFile]) -> (Vec<Option<ContentHash>>, Vec<Failure>) {
+        let mut hashes = Vec::with_capacity(files.len());
         let mut to_read: Vec<usize> = Vec::new();
         for (i, f) in files.iter().enumerate() {
-            match self.source.known_hash(f) {
-                Some(h) => {
-                    hashes.insert(f.name.as_str(), h);
-                }
-                None => to_read.push(i),
+            let known = self.source.known_hash(f);
+            if known.is_none() {
+                to_read.push(i);
             }
+            hashes.push(known);
         }
         let groups = batches(
             to_read,
@@ -410,7 +406,7 @@ impl Ctx {
             for (i, (f, r)) in group.into_iter().zip(results) {
                 match r {
                     Ok(l) => {
-                        hashes.insert(files[i].name.as_str(), l.hash);
+                        hashes[i] = Some(l.hash);
                     }
                     Err(e) => failed.push(Failure::new(f.name, &e, 1)),
                 }

@@ -15,7 +15,7 @@ use crate::collections::{FastMap, FastSet};
 use crate::config::EngineConfig;
 use crate::error::Result;
 use crate::history::Recorder;
-use crate::index::{IndexEntry, IndexSnapshot};
+use crate::index::{IndexEntry, IndexSnapshot, Marks};
 use crate::source::Source;
 use crate::source::scan::{Probe, SourceFile, compile_globs};
 
@@ -136,9 +136,10 @@ impl Warmer {
         let mut previous: FastMap<String, IndexEntry> = FastMap::default();
         let mut suspect: Vec<SourceFile> = Vec::new();
         let mut dirty: Vec<SourceFile> = Vec::new();
+        let mut marks = index.entries.marks();
         let mut indexed = 0usize;
         for f in &scan.files {
-            let entry = index.entries.get(&f.name);
+            let entry = index.entries.get_marking(&f.name, &mut marks);
             indexed += usize::from(entry.is_some());
             let confirmed = entry.filter(|e| !e.pending && !evicted.contains(&f.name));
             if confirmed.is_some_and(|e| self.ctx.source.known_hash(f) == Some(e.hash)) {
@@ -155,10 +156,10 @@ impl Warmer {
             }
         }
         if indexed < index.entries.len() {
-            report.orphans = orphans(&scan, &index);
+            report.orphans = orphans(&scan, &index, &marks);
         }
         // `previous` holds the entries still needed.
-        drop((scan, index, evicted));
+        drop((scan, index, evicted, marks));
         let hashed_suspects = suspect.len();
         phases.done("compare", report.scanned);
         if !suspect.is_empty() {
@@ -167,9 +168,10 @@ impl Warmer {
             // Per suspect: `Some(true)` unchanged, `Some(false)` changed, `None` unreadable.
             let same: Vec<Option<bool>> = suspect
                 .iter()
-                .map(|f| {
-                    let h = hashes.get(f.name.as_str())?;
-                    Some(previous.get(&f.name).is_some_and(|e| e.hash == *h))
+                .zip(&hashes)
+                .map(|(f, h)| {
+                    let h = (*h)?;
+                    Some(previous.get(&f.name).is_some_and(|e| e.hash == h))
                 })
                 .collect();
             drop(hashes);
@@ -431,14 +433,14 @@ fn mib(bytes: u64) -> String {
 /// More files than this under new directories: a full run instead of reading them one by one.
 const MAX_EXPANDED_FILES: usize = 50_000;
 
-/// Index entries whose file `scan` did not find, outside the parts of the tree it could not read.
-fn orphans(scan: &crate::source::scan::Scan, index: &IndexSnapshot) -> Vec<String> {
-    let found: FastSet<&str> = scan.files.iter().map(|f| f.name.as_str()).collect();
+/// Index entries whose file `scan` did not find (left unmarked in `marks` by the comparison),
+/// outside the parts of the tree it could not read.
+fn orphans(scan: &crate::source::scan::Scan, index: &IndexSnapshot, marks: &Marks) -> Vec<String> {
     let unknown = scan.unknown();
     let mut gone: Vec<String> = index
         .entries
-        .keys()
-        .filter(|n| !found.contains(n) && !unknown.covers(n))
+        .unmarked(marks)
+        .filter(|n| !unknown.covers(n))
         .map(str::to_owned)
         .collect();
     gone.sort();

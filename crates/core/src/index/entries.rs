@@ -118,10 +118,40 @@ impl IndexEntries {
             .map(|s| (name_of(&self.names, s), &s.entry))
     }
 
+    /// A blank set of marks for [`Self::get_marking`].
+    pub fn marks(&self) -> Marks {
+        Marks(vec![false; self.slots.len()])
+    }
+
+    /// The entry of `name`, marking it in `marks` (made by [`Self::marks`] of this map, before
+    /// any insertion) as matched: [`Self::unmarked`] then lists the names nothing matched,
+    /// with no set of the other side's names.
+    pub fn get_marking(&self, name: &str, marks: &mut Marks) -> Option<&IndexEntry> {
+        let hash = self.hasher.hash_one(name);
+        let &i = self.table.find(hash, |&i| self.name_at(i) == name)?;
+        if let Some(m) = marks.0.get_mut(i) {
+            *m = true;
+        }
+        Some(&self.slots[i].entry)
+    }
+
+    /// The names that no [`Self::get_marking`] call marked in `marks`.
+    pub fn unmarked<'a>(&'a self, marks: &'a Marks) -> impl Iterator<Item = &'a str> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| !s.removed && !marks.0.get(*i).copied().unwrap_or(false))
+            .map(|(_, s)| name_of(&self.names, s))
+    }
+
     fn name_at(&self, i: usize) -> &str {
         name_of(&self.names, &self.slots[i])
     }
 }
+
+/// Which entries of an [`IndexEntries`] a pass matched: one flag per entry.
+#[derive(Clone, Debug, Default)]
+pub struct Marks(Vec<bool>);
 
 fn name_of<'a>(names: &'a str, slot: &Slot) -> &'a str {
     names
@@ -188,6 +218,10 @@ mod tests {
         assert!(!m.contains_key("a/b.html") && m.contains_key("a/c.html"));
         assert_eq!(m.insert("a/b.html", entry(4)), None);
         assert_eq!(m.keys().collect::<Vec<_>>(), ["a/c.html", "a/b.html"]);
+        let mut marks = m.marks();
+        assert_eq!(m.get_marking("a/b.html", &mut marks), Some(&entry(4)));
+        assert_eq!(m.get_marking("nope", &mut marks), None);
+        assert_eq!(m.unmarked(&marks).collect::<Vec<_>>(), ["a/c.html"]);
         let same: IndexEntries = [("a/b.html", entry(4)), ("a/c.html", entry(2))]
             .into_iter()
             .collect();

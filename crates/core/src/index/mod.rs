@@ -12,7 +12,7 @@ mod entries;
 pub mod hash;
 pub mod sharded;
 
-pub use entries::IndexEntries;
+pub use entries::{IndexEntries, Marks};
 
 use crate::backend::{Cache, Fence, IndexLayout};
 use crate::error::{Error, ErrorKind, Result};
