@@ -390,6 +390,8 @@ fn parse_stats(lines: &[String]) -> Result<ServerStats> {
         used_bytes: Some(number("bytes")?),
         max_bytes: Some(number("limit_maxbytes")?),
         policy: None,
+        // Memcached counts evictions, but not every expiry of an item nobody read again.
+        drop_stamp: None,
     })
 }
 
@@ -415,6 +417,7 @@ mod stats_tests {
                 used_bytes: Some(1234),
                 max_bytes: Some(2 << 20),
                 policy: None,
+                drop_stamp: None,
             }
         );
         let err = parse_stats(&lines[..3]).unwrap_err();

@@ -568,9 +568,12 @@ impl RedisBackend {
     }
 
     async fn stats_of(&self, target: Option<(&str, u16)>) -> Result<ServerStats> {
-        let (memory, stats) =
-            futures_util::future::try_join(self.info("memory", target), self.info("stats", target))
-                .await?;
+        let (memory, stats, server) = futures_util::future::try_join3(
+            self.info("memory", target),
+            self.info("stats", target),
+            self.info("server", target),
+        )
+        .await?;
         let field = |text: &str, name: &str| -> Result<String> {
             info_field(text, name).map(str::to_owned).ok_or_else(|| {
                 Error::new(
@@ -588,8 +591,16 @@ impl RedisBackend {
             })
         };
         let max = number(&memory, "maxmemory")?;
+        let evictions = number(&stats, "evicted_keys")?;
+        // Every way a server drops keys by itself: a restart (a new run_id), evictions, expiry.
+        let drop_stamp = format!(
+            "{}/{evictions}/{}",
+            field(&server, "run_id")?,
+            number(&stats, "expired_keys")?
+        );
         Ok(ServerStats {
-            evictions: number(&stats, "evicted_keys")?,
+            evictions,
+            drop_stamp: Some(drop_stamp),
             used_bytes: Some(number(&memory, "used_memory")?),
             // 0 is no limit.
             max_bytes: (max > 0).then_some(max),
@@ -662,7 +673,13 @@ fn sum_stats(all: Vec<ServerStats>) -> ServerStats {
         ..ServerStats::default()
     };
     let mut policies: Vec<String> = Vec::new();
+    // One stamp per server, in a stable order; any server without one leaves the whole without.
+    let mut stamps: Option<Vec<String>> = Some(Vec::new());
     for s in all {
+        match (&mut stamps, s.drop_stamp) {
+            (Some(all), Some(one)) => all.push(one),
+            _ => stamps = None,
+        }
         sum.evictions = sum.evictions.saturating_add(s.evictions);
         sum.used_bytes = sum
             .used_bytes
@@ -679,6 +696,10 @@ fn sum_stats(all: Vec<ServerStats>) -> ServerStats {
         }
     }
     sum.policy = (!policies.is_empty()).then(|| policies.join("/"));
+    sum.drop_stamp = stamps.map(|mut all| {
+        all.sort();
+        all.join(",")
+    });
     sum
 }
 
@@ -770,10 +791,11 @@ mod tests {
             used_bytes: Some(10),
             max_bytes: max,
             policy: Some(policy.into()),
+            drop_stamp: Some(format!("run{evictions}/{evictions}/0")),
         };
         let sum = sum_stats(vec![
-            s(1, Some(100), "allkeys-lru"),
             s(2, Some(50), "allkeys-lru"),
+            s(1, Some(100), "allkeys-lru"),
         ]);
         assert_eq!(
             sum,
@@ -782,8 +804,14 @@ mod tests {
                 used_bytes: Some(20),
                 max_bytes: Some(150),
                 policy: Some("allkeys-lru".into()),
+                drop_stamp: Some("run1/1/0,run2/2/0".into()),
             }
         );
+        let without = ServerStats {
+            drop_stamp: None,
+            ..s(1, Some(100), "allkeys-lru")
+        };
+        assert_eq!(sum_stats(vec![s(2, None, "x"), without]).drop_stamp, None);
         let sum = sum_stats(vec![
             s(1, Some(100), "allkeys-lru"),
             s(0, None, "noeviction"),

@@ -256,3 +256,48 @@ async fn ten_thousand_templates_take_a_few_dozen_commands_not_ten_thousand() {
     let deep = commands_processed(&server) - before;
     assert!(deep < 120, "a deep check sent {deep} commands");
 }
+
+/// `EXISTS` commands the server processed, from `INFO commandstats`.
+fn exists_calls(server: &RedisServer) -> u64 {
+    let info = server.cli(&["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_exists:calls="))
+        .and_then(|v| v.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_rescan_checks_existence_only_when_the_server_may_have_dropped_entries() {
+    let server = RedisServer::start();
+    let backend: Arc<dyn CacheBackend> =
+        Arc::new(RedisBackend::connect(&server.url()).await.unwrap());
+    let dir = tree(50);
+    let state = tempfile::tempdir().unwrap();
+    let mut source = SourceConfig::new(dir.path());
+    source.state_path = Some(state.path().join("fingerprints"));
+    let warmer = Warmer::new(backend, EngineConfig::new(source)).unwrap();
+    assert_eq!(warmer.run_once().await.unwrap().written, 50);
+
+    // Nothing dropped since the cold warm: no entry is asked for.
+    let before = exists_calls(&server);
+    let r = warmer.run_once().await.unwrap();
+    assert_eq!((r.written, r.unchanged), (0, 50), "{r:?}");
+    assert_eq!(exists_calls(&server), before, "existence check not skipped");
+
+    // An entry vanishes and the server says it dropped something (a key expired): the next
+    // rescan checks existence and restores the entry.
+    let name = "pages/t000.html";
+    server.cli(&["DEL", &Namespace::default().key_for(name)]);
+    server.cli(&["SET", "unrelated", "x", "PX", "1"]);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    server.cli(&["GET", "unrelated"]); // expires it now, whatever the active cycle did
+    let before = exists_calls(&server);
+    let r = warmer.run_once().await.unwrap();
+    assert!(exists_calls(&server) > before, "a changed stamp must check");
+    assert_eq!((r.written, r.unchanged), (1, 49), "{r:?}");
+
+    // Verified again: the shortcut is back.
+    let before = exists_calls(&server);
+    assert_eq!(warmer.run_once().await.unwrap().written, 0);
+    assert_eq!(exists_calls(&server), before);
+}

@@ -94,6 +94,12 @@ pub struct ServerStats {
     pub max_bytes: Option<u64>,
     /// The eviction policy, where the server has a choice (Redis `maxmemory-policy`).
     pub policy: Option<String>,
+    /// A value that changes whenever a server may have dropped entries on its own: restarted,
+    /// evicted or expired anything (Redis: each server's `run_id`, `evicted_keys` and
+    /// `expired_keys`). While it is unchanged, every entry stored before is still there, short
+    /// of a deletion by hand; a warm then skips its existence check. `None` where the backend
+    /// cannot tell.
+    pub drop_stamp: Option<String>,
 }
 
 /// How long a written value lives.

@@ -7,6 +7,7 @@
 //! namespace write [`lease`].
 
 pub mod check;
+mod drops;
 pub mod lease;
 pub(crate) mod phases;
 pub(crate) mod pipeline;

@@ -7,6 +7,7 @@ use globset::GlobSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::drops::DropStamps;
 use super::phases::{self, Phases};
 use super::pipeline::Ctx;
 use super::report::{Failure, WarmReport};
@@ -25,6 +26,7 @@ pub struct Warmer {
     ctx: Ctx,
     priority: Vec<GlobSet>,
     verify_existing: bool,
+    drops: DropStamps,
     history: Recorder,
 }
 
@@ -40,6 +42,11 @@ impl Warmer {
         let record_history = config.record_history;
         let ctx = Ctx::new(backend, config)?;
         Ok(Warmer {
+            drops: DropStamps::new(
+                ctx.source.config().state_path.as_deref(),
+                &ctx.cache.describe(),
+                &ctx.namespace,
+            ),
             history: Recorder::new(&ctx.cache, &ctx.namespace, record_history),
             ctx,
             priority,
@@ -118,7 +125,7 @@ impl Warmer {
             self.verified_index()
         );
         let scan = scan?;
-        let (index, evicted) = indexed?;
+        let (index, evicted, drop_stamp) = indexed?;
         let mut phases = Phases::start();
         self.ctx.source.prune_state(&scan);
         let mut report = WarmReport {
@@ -210,6 +217,9 @@ impl Warmer {
         }
         phases.done("write", report.written);
         self.ctx.source.save_state();
+        if let Some(stamp) = drop_stamp {
+            self.drops.save(&stamp);
+        }
         phases.done("state save", report.scanned);
         report.files_hashed = self.ctx.source.files_hashed() - hashed_before;
         report.duration = started.elapsed();
@@ -229,12 +239,23 @@ impl Warmer {
     }
 
     /// Loads the index and, on backends that may evict, the names of confirmed entries that no
-    /// longer exist.
-    async fn verified_index(&self) -> Result<(IndexSnapshot, FastSet<String>)> {
+    /// longer exist, with the server's drop stamp read before checking ([`DropStamps`]): when it
+    /// is the one the last verified warm saw, nothing was dropped and nothing is checked.
+    async fn verified_index(&self) -> Result<(IndexSnapshot, FastSet<String>, Option<String>)> {
         let (index, _) = phases::timed("index read", self.ctx.load_index()).await?;
         let mut evicted = FastSet::default();
         if !(self.verify_existing && self.ctx.cache.capabilities().evicts) {
-            return Ok((index, evicted));
+            return Ok((index, evicted, None));
+        }
+        let stamp = self
+            .server_stats("before checking that entries exist")
+            .await
+            .and_then(|s| s.drop_stamp);
+        if stamp.as_deref().is_some_and(|s| self.drops.matches(s)) {
+            tracing::info!(
+                "the server dropped nothing since the last verified warm: existence check skipped"
+            );
+            return Ok((index, evicted, stamp));
         }
         let names: Vec<&str> = index
             .entries
@@ -258,7 +279,7 @@ impl Warmer {
                 }
             }
         }
-        Ok((index, evicted))
+        Ok((index, evicted, stamp))
     }
 
     /// Writes the templates among `names` (reported changed by a file watcher) whose file
@@ -475,6 +496,7 @@ mod tests {
             used_bytes: used,
             max_bytes: max,
             policy: Some("allkeys-lru".into()),
+            drop_stamp: None,
         }
     }
 
