@@ -369,12 +369,15 @@ impl Ctx {
     pub async fn hash_all(&self, files: &[SourceFile]) -> (Vec<Option<ContentHash>>, Vec<Failure>) {
         let mut hashes = Vec::with_capacity(files.len());
         let mut to_read: Vec<usize> = Vec::new();
-        for (i, f) in files.iter().enumerate() {
-            let known = self.source.known_hash(f);
-            if known.is_none() {
-                to_read.push(i);
+        {
+            let known = self.source.known_hashes();
+            for (i, f) in files.iter().enumerate() {
+                let h = known.get(f);
+                if h.is_none() {
+                    to_read.push(i);
+                }
+                hashes.push(h);
             }
-            hashes.push(known);
         }
         let groups = batches(
             to_read,

@@ -145,21 +145,25 @@ impl Warmer {
         let mut dirty: Vec<SourceFile> = Vec::new();
         let mut marks = index.entries.marks();
         let mut indexed = 0usize;
-        for f in &scan.files {
-            let entry = index.entries.get_marking(&f.name, &mut marks);
-            indexed += usize::from(entry.is_some());
-            let confirmed = entry.filter(|e| !e.pending && !evicted.contains(&f.name));
-            if confirmed.is_some_and(|e| self.ctx.source.known_hash(f) == Some(e.hash)) {
-                report.unchanged += 1;
-                continue;
-            }
-            if let Some(e) = entry {
-                previous.insert(f.name.clone(), *e);
-            }
-            if confirmed.is_some() {
-                suspect.push(f.clone());
-            } else {
-                dirty.push(f.clone());
+        {
+            // One lock for every lookup; released before any await.
+            let known = self.ctx.source.known_hashes();
+            for f in &scan.files {
+                let entry = index.entries.get_marking(&f.name, &mut marks);
+                indexed += usize::from(entry.is_some());
+                let confirmed = entry.filter(|e| !e.pending && !evicted.contains(&f.name));
+                if confirmed.is_some_and(|e| known.get(f) == Some(e.hash)) {
+                    report.unchanged += 1;
+                    continue;
+                }
+                if let Some(e) = entry {
+                    previous.insert(f.name.clone(), *e);
+                }
+                if confirmed.is_some() {
+                    suspect.push(f.clone());
+                } else {
+                    dirty.push(f.clone());
+                }
             }
         }
         if indexed < index.entries.len() {

@@ -27,6 +27,24 @@ pub struct Loaded {
     pub mtime_ns: i64,
 }
 
+/// The fingerprint store, locked for a run of lookups: [`Source::known_hash`] a million times
+/// would take and release the lock a million times, and each atomic operation keeps the
+/// processor from overlapping one lookup's cache misses with the next one's.
+pub struct KnownHashes<'a> {
+    store: std::sync::MutexGuard<'a, FingerprintStore>,
+    checksum: bool,
+}
+
+impl KnownHashes<'_> {
+    /// [`Source::known_hash`] of `file`.
+    pub fn get(&self, file: &SourceFile) -> Option<ContentHash> {
+        if self.checksum {
+            return None;
+        }
+        self.store.lookup(&file.name, &file.fingerprint)
+    }
+}
+
 /// Scans a template tree and hashes its files, reading only those whose fingerprint changed.
 #[derive(Debug)]
 pub struct Source {
@@ -159,6 +177,15 @@ impl Source {
             return None;
         }
         self.lock().lookup(&file.name, &file.fingerprint)
+    }
+
+    /// The known hashes, for many lookups under one lock (see [`KnownHashes`]). Hold it only
+    /// for a loop without awaits: files are hashed under the same lock.
+    pub fn known_hashes(&self) -> KnownHashes<'_> {
+        KnownHashes {
+            store: self.lock(),
+            checksum: self.config.checksum,
+        }
     }
 
     /// Reads and hashes `files` off the executor, recording their fingerprints.
