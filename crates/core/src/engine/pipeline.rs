@@ -38,6 +38,9 @@ pub(crate) struct Ctx {
     lease_shared: bool,
 }
 
+/// Names marked pending per index update in the hash layout.
+const PENDING_MARKS_PER_UPDATE: usize = 10_000;
+
 /// What the write pipeline did.
 #[derive(Debug, Default)]
 pub(crate) struct WriteOutcome {
@@ -433,34 +436,45 @@ impl Ctx {
         if files.is_empty() {
             return Ok(out);
         }
-        let pending = IndexChanges {
-            upserts: files
-                .iter()
-                .map(|f| {
-                    let prev = previous.get(&f.name);
-                    let entry = IndexEntry {
-                        hash: prev.map(|e| e.hash).unwrap_or_default(),
-                        size: prev.map_or(f.fingerprint.size, |e| e.size),
-                        pending: true,
-                    };
-                    (f.name.clone(), entry)
-                })
-                .collect(),
-            removals: Vec::new(),
+        // Marked a slice at a time where the index takes updates by field, so that no copy of
+        // every name is held; the sharded layout rewrites shards per update: one update.
+        let slice = match self.cache.index_layout() {
+            crate::backend::IndexLayout::Hash => PENDING_MARKS_PER_UPDATE,
+            crate::backend::IndexLayout::Sharded => files.len(),
         };
-        self.update_index(&pending).await?;
-        // Not needed while writing: a copy of every name.
-        drop(pending);
+        for part in files.chunks(slice.max(1)) {
+            let pending = IndexChanges {
+                upserts: part
+                    .iter()
+                    .map(|f| {
+                        let prev = previous.get(&f.name);
+                        let entry = IndexEntry {
+                            hash: prev.map(|e| e.hash).unwrap_or_default(),
+                            size: prev.map_or(f.fingerprint.size, |e| e.size),
+                            pending: true,
+                        };
+                        (f.name.clone(), entry)
+                    })
+                    .collect(),
+                removals: Vec::new(),
+            };
+            self.update_index(&pending).await?;
+        }
 
         self.phase("writing", files.len());
         // At most every file is written: no regrowth (a copy) at the end of a large run.
         out.written.reserve_exact(files.len());
-        let groups = batches(
-            files,
+        let ranges = batch_ranges(
+            files.len(),
             self.throttle.batch_max_templates.min(self.chunk()),
             self.throttle.batch_max_bytes,
-            |f| f.fingerprint.size as usize + f.name.len() + 64,
+            |i| files[i].fingerprint.size as usize + files[i].name.len() + 64,
         );
+        // Batches are moved out of `files` as the stream reaches them: no second list of files.
+        let mut remaining = files.into_iter();
+        let groups = ranges
+            .into_iter()
+            .map(move |r| remaining.by_ref().take(r.len()).collect::<Vec<_>>());
         let mut stream = futures_util::stream::iter(groups)
             .take_while(|_| std::future::ready(!cancel.is_cancelled()))
             .map(|group| self.write_batch(group))

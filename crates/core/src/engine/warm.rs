@@ -124,7 +124,7 @@ impl Warmer {
             phases::timed("scan", self.ctx.scan()),
             self.verified_index()
         );
-        let scan = scan?;
+        let mut scan = scan?;
         let (index, evicted, drop_stamp) = indexed?;
         let mut phases = Phases::start();
         self.ctx.source.prune_state(&scan);
@@ -148,11 +148,12 @@ impl Warmer {
         {
             // One lock for every lookup; released before any await.
             let known = self.ctx.source.known_hashes();
-            for f in &scan.files {
+            // Files move out of the scan into the lists that need them: never a second copy.
+            for f in std::mem::take(&mut scan.files) {
                 let entry = index.entries.get_marking(&f.name, &mut marks);
                 indexed += usize::from(entry.is_some());
                 let confirmed = entry.filter(|e| !e.pending && !evicted.contains(&f.name));
-                if confirmed.is_some_and(|e| known.get(f) == Some(e.hash)) {
+                if confirmed.is_some_and(|e| known.get(&f) == Some(e.hash)) {
                     report.unchanged += 1;
                     continue;
                 }
@@ -160,9 +161,9 @@ impl Warmer {
                     previous.insert(f.name.clone(), *e);
                 }
                 if confirmed.is_some() {
-                    suspect.push(f.clone());
+                    suspect.push(f);
                 } else {
-                    dirty.push(f.clone());
+                    dirty.push(f);
                 }
             }
         }

@@ -65,7 +65,11 @@ pub async fn load(cache: &Cache, ns: &Namespace) -> Result<Option<IndexSnapshot>
     }
 }
 
-/// Sets upserted fields (the last upsert of a name wins), then removes removed ones.
+/// Upserts per call: the fields of one call are built just before it, so an update of a
+/// million names never holds a copy of them all.
+const UPSERTS_PER_CALL: usize = 1000;
+
+/// Sets upserted fields in order (the last upsert of a name wins), then removes removed ones.
 pub async fn update(
     cache: &Cache,
     ns: &Namespace,
@@ -73,19 +77,30 @@ pub async fn update(
     fence: Option<&Fence>,
 ) -> Result<()> {
     let key = ns.index_root_key();
-    let mut last: FastMap<&str, &IndexEntry> =
-        crate::collections::map_with_capacity(changes.upserts.len());
-    for (n, e) in &changes.upserts {
-        last.insert(n, e);
+    let context = |e: crate::error::Error| e.context(format!("updating index {key}"));
+    for upserts in changes.upserts.chunks(UPSERTS_PER_CALL) {
+        // Within a call the last upsert of a name wins; later calls overwrite earlier ones.
+        let mut last: FastMap<&str, &IndexEntry> =
+            crate::collections::map_with_capacity(upserts.len());
+        for (n, e) in upserts {
+            last.insert(n, e);
+        }
+        let set: Vec<(String, Bytes)> = last
+            .into_iter()
+            .map(|(n, e)| (n.to_owned(), Bytes::copy_from_slice(&encode_value(e))))
+            .collect();
+        cache
+            .hash_update(&key, &set, &[], fence)
+            .await
+            .map_err(context)?;
     }
-    let set: Vec<(String, Bytes)> = last
-        .into_iter()
-        .map(|(n, e)| (n.to_owned(), Bytes::copy_from_slice(&encode_value(e))))
-        .collect();
-    cache
-        .hash_update(&key, &set, &changes.removals, fence)
-        .await
-        .map_err(|e| e.context(format!("updating index {key}")))
+    if !changes.removals.is_empty() {
+        cache
+            .hash_update(&key, &[], &changes.removals, fence)
+            .await
+            .map_err(context)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
