@@ -163,8 +163,13 @@ impl Checker {
         phases.done("existence check", cmp.exist_check.len());
         self.verify(&cmp.fetch, &index, &mut found).await;
         phases.done("verify", cmp.fetch.len());
-        // Only the marks are needed to classify orphans.
-        let marks = cmp.marks;
+        // Only the marks are needed to classify orphans: the lists go now, not at the end.
+        let Comparison {
+            marks,
+            exist_check,
+            fetch,
+        } = cmp;
+        drop((exist_check, fetch));
         // Every entry is indexed before it is written, so a quick check trusts an intact index
         // for orphans; a deep check, or a missing or damaged index, lists the keys as well.
         let list = mode == CheckMode::Deep || !index_exists || !index.lost.is_empty();
