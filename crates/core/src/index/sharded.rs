@@ -180,23 +180,36 @@ async fn read_shards(
     root: &Root,
     nos: &[u32],
 ) -> Result<(Vec<(u32, Shard)>, Vec<String>)> {
-    let keys: Vec<String> = nos
-        .iter()
-        .map(|&i| ns.index_shard_key(root.generation, i))
-        .collect();
     let mut shards = Vec::with_capacity(nos.len());
+    let lost = read_shards_each(b, ns, root, nos, |no, shard| shards.push((no, shard))).await?;
+    Ok((shards, lost))
+}
+
+/// Reads shards `nos` of `root`, 16 per call, handing each decoded shard to `each` as it
+/// arrives (so that no more than one call's shards are held); returns the unreadable ones.
+async fn read_shards_each(
+    b: &Cache,
+    ns: &Namespace,
+    root: &Root,
+    nos: &[u32],
+    mut each: impl FnMut(u32, Shard),
+) -> Result<Vec<String>> {
     let mut lost = Vec::new();
-    for (chunk_nos, chunk_keys) in nos.chunks(16).zip(keys.chunks(16)) {
-        let values = b.get_many(chunk_keys).await?;
-        for ((&no, key), value) in chunk_nos.iter().zip(chunk_keys).zip(values) {
+    for chunk_nos in nos.chunks(16) {
+        let chunk_keys: Vec<String> = chunk_nos
+            .iter()
+            .map(|&i| ns.index_shard_key(root.generation, i))
+            .collect();
+        let values = b.get_many(&chunk_keys).await?;
+        for ((&no, key), value) in chunk_nos.iter().zip(&chunk_keys).zip(values) {
             match value.map(|v| decode_shard(&v, root, no)) {
-                Some(Ok(shard)) => shards.push((no, shard)),
+                Some(Ok(shard)) => each(no, shard),
                 Some(Err(e)) => lost.push(format!("{key}: {}", e.message())),
                 None => lost.push(format!("{key}: index shard missing (evicted?)")),
             }
         }
     }
-    Ok((shards, lost))
+    Ok(lost)
 }
 
 /// Loads the whole index; `None` if the namespace has no index root.
@@ -213,12 +226,10 @@ pub async fn load(b: &Cache, ns: &Namespace) -> Result<Option<IndexSnapshot>> {
         Err(e) => return Err(e),
     };
     let nos: Vec<u32> = (0..root.shard_count).collect();
-    let (shards, lost) = read_shards(b, ns, &root, &nos).await?;
-    // Sized by what was decoded, never by the root's (untrusted) entry count.
-    let mut entries = IndexEntries::with_capacity(shards.iter().map(|(_, s)| s.len()).sum());
-    for (_, shard) in shards {
-        entries.extend(shard);
-    }
+    // Shards go into the compact map as they arrive: never every shard's map at once. The map
+    // grows with what was decoded, never by the root's (untrusted) entry count.
+    let mut entries = IndexEntries::default();
+    let lost = read_shards_each(b, ns, &root, &nos, |_, shard| entries.extend(shard)).await?;
     Ok(Some(IndexSnapshot { entries, lost }))
 }
 
