@@ -206,10 +206,10 @@ impl std::io::Write for ScrubbingJsonStderr {
 
 /// Runs the command and turns an error into its report and exit code.
 async fn run(cli: Cli) -> u8 {
-    if cli.metrics_file.is_some() {
-        if let Err(e) = template_cache_observe::metrics::install() {
-            output::eprint(&format!("tcache: --metrics-file: {}", e.to_report_string()));
-        }
+    if cli.metrics_file.is_some()
+        && let Err(e) = template_cache_observe::metrics::install()
+    {
+        output::eprint(&format!("tcache: --metrics-file: {}", e.to_report_string()));
     }
     let code = match dispatch(&cli).await {
         Ok(code) => code,

@@ -219,10 +219,10 @@ pub fn alert_state_file(state_dir: &Path, backend: &str, namespace: &str) -> Pat
 /// Delivers what `alerter` still has queued before a command exits (bounded by the time its
 /// sinks may take).
 pub async fn flush(alerter: Option<&Arc<Alerter>>) {
-    if let Some(a) = alerter {
-        if !a.flush(a.delivery_budget()).await {
-            tracing::warn!("some alerts were not delivered before exiting");
-        }
+    if let Some(a) = alerter
+        && !a.flush(a.delivery_budget()).await
+    {
+        tracing::warn!("some alerts were not delivered before exiting");
     }
 }
 

@@ -1107,7 +1107,7 @@ mod tests {
             RunKind::Resolve => RunCounts::Resolve(ResolveCounts {
                 added: 1,
                 deleted: n,
-                refused: n % 2 == 0,
+                refused: n.is_multiple_of(2),
                 ..ResolveCounts::default()
             }),
         };
@@ -1117,8 +1117,10 @@ mod tests {
             pid: 4242,
             started_at: Timestamp::from_millis(1_700_000_000_000 + n),
             duration: Duration::from_millis(1234),
-            ok: n % 3 != 0,
-            error: (n % 3 == 0).then(|| format!("run {n} failed: 50% of\n \"x\" é")),
+            ok: !n.is_multiple_of(3),
+            error: n
+                .is_multiple_of(3)
+                .then(|| format!("run {n} failed: 50% of\n \"x\" é")),
             counts,
         }
     }

@@ -276,18 +276,18 @@ impl AlertConfig {
             ("no_warm", self.no_warm, Self::AGE_RANGE),
         ];
         for (field, value, (min, max)) in durations {
-            if let Some(d) = value {
-                if !(min..=max).contains(&d) {
-                    return Err(invalid(
-                        field,
-                        format!(
-                            "is {}; it must be from {} to {}",
-                            fmt_duration(d),
-                            fmt_duration(min),
-                            fmt_duration(max)
-                        ),
-                    ));
-                }
+            if let Some(d) = value
+                && !(min..=max).contains(&d)
+            {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "is {}; it must be from {} to {}",
+                        fmt_duration(d),
+                        fmt_duration(min),
+                        fmt_duration(max)
+                    ),
+                ));
             }
         }
         let (min, max) = Self::WEBHOOK_ATTEMPTS_RANGE;
@@ -300,13 +300,13 @@ impl AlertConfig {
                 ),
             ));
         }
-        if let Some(r) = self.inconsistency_ratio {
-            if !(0.0..=1.0).contains(&r) {
-                return Err(invalid(
-                    "inconsistency_ratio",
-                    format!("is {r}; it must be a number from 0 to 1"),
-                ));
-            }
+        if let Some(r) = self.inconsistency_ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            return Err(invalid(
+                "inconsistency_ratio",
+                format!("is {r}; it must be a number from 0 to 1"),
+            ));
         }
         if self.inconsistencies == Some(0) {
             return Err(invalid(
@@ -1050,14 +1050,14 @@ async fn deliver(sinks: &Sinks, body: &AlertBody) {
             );
         }
     }
-    if let Some(cmd) = &sinks.command {
-        if let Err(why) = run_command(cmd, body, &json, sinks.command_timeout).await {
-            metrics::counter!(names::ALERT_DELIVERY_FAILURES, "sink" => "command").increment(1);
-            tracing::error!(
-                condition = body.condition.as_str(),
-                "alert command failed: {why}"
-            );
-        }
+    if let Some(cmd) = &sinks.command
+        && let Err(why) = run_command(cmd, body, &json, sinks.command_timeout).await
+    {
+        metrics::counter!(names::ALERT_DELIVERY_FAILURES, "sink" => "command").increment(1);
+        tracing::error!(
+            condition = body.condition.as_str(),
+            "alert command failed: {why}"
+        );
     }
 }
 

@@ -231,7 +231,7 @@ pub async fn index_round_trip(b: Arc<dyn CacheBackend>) {
     let entry = |i: u64| IndexEntry {
         hash: ContentHash::of(&i.to_be_bytes()),
         size: i,
-        pending: i % 2 == 0,
+        pending: i.is_multiple_of(2),
     };
     let upserts: Vec<(String, IndexEntry)> = (0..20_000u64)
         .map(|i| (format!("dir{}/template-{i}.html", i % 50), entry(i)))

@@ -218,10 +218,10 @@ impl<'a> BackendUrl<'a> {
             }
         }
         for pair in self.query.unwrap_or("").split('&') {
-            if let Some((k, v)) = pair.split_once('=') {
-                if is_secret_parameter(k) {
-                    s.add(v);
-                }
+            if let Some((k, v)) = pair.split_once('=')
+                && is_secret_parameter(k)
+            {
+                s.add(v);
             }
         }
         s
@@ -247,16 +247,16 @@ pub fn percent_decode(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' {
-            if let (Some(h), Some(l)) = (
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
                 b.get(i + 1).and_then(|c| (*c as char).to_digit(16)),
                 b.get(i + 2).and_then(|c| (*c as char).to_digit(16)),
-            ) {
-                // Two hex digits: at most 0xff.
-                out.push(u8::try_from(h * 16 + l).unwrap_or(u8::MAX));
-                i += 3;
-                continue;
-            }
+            )
+        {
+            // Two hex digits: at most 0xff.
+            out.push(u8::try_from(h * 16 + l).unwrap_or(u8::MAX));
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -419,9 +419,9 @@ pub fn format_duration(d: Duration) -> String {
         (1, "ms"),
     ];
     let ms = d.as_millis();
-    if d.subsec_nanos() % 1_000_000 == 0 && ms > 0 {
+    if d.subsec_nanos().is_multiple_of(1_000_000) && ms > 0 {
         for (unit, name) in UNITS {
-            if ms % unit == 0 {
+            if ms.is_multiple_of(unit) {
                 return format!("{}{name}", ms / unit);
             }
         }

@@ -129,13 +129,13 @@ impl CheckSchedule {
             ("CheckSchedule.jitter", Some(self.jitter)),
             ("CheckSchedule.alert.min_ratio", self.alert.min_ratio),
         ] {
-            if let Some(v) = value {
-                if !(0.0..=1.0).contains(&v) {
-                    return Err(Error::new(
-                        ErrorKind::ConfigInvalid,
-                        format!("{name} is {v}; it must be a number from 0 to 1"),
-                    ));
-                }
+            if let Some(v) = value
+                && !(0.0..=1.0).contains(&v)
+            {
+                return Err(Error::new(
+                    ErrorKind::ConfigInvalid,
+                    format!("{name} is {v}; it must be a number from 0 to 1"),
+                ));
             }
         }
         Ok(())

@@ -201,7 +201,7 @@ mod tests {
         IndexEntry {
             hash: ContentHash([n; 32]),
             size: u64::from(n),
-            pending: n % 2 == 0,
+            pending: n.is_multiple_of(2),
         }
     }
 

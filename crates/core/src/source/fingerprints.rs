@@ -723,7 +723,7 @@ mod tests {
         s.retain_ids(|id| id % 2 == 0);
         let kept = known
             .iter()
-            .filter(|&&i| FingerprintStore::id_of(&name(i)) % 2 == 0)
+            .filter(|&&i| FingerprintStore::id_of(&name(i)).is_multiple_of(2))
             .count();
         assert_eq!(s.len(), kept);
         assert!(s.table.windows(2).all(|w| w[0].id < w[1].id));
@@ -755,7 +755,7 @@ mod tests {
     }
 
     fn pool(i: usize) -> String {
-        if i % 7 == 0 {
+        if i.is_multiple_of(7) {
             format!("f{i}.html")
         } else {
             format!("d{}/e{}/f{i}.html", i % 3, i % 5)
@@ -820,7 +820,7 @@ mod tests {
                         s = FingerprintStore::load(Some(&path), Path::new("/r"));
                     }
                     Op::Retain(m) => {
-                        let keep = |id: u128| id % u128::from(m) != 0;
+                        let keep = |id: u128| !id.is_multiple_of(u128::from(m));
                         s.retain_ids(keep);
                         model.retain(|n, _| keep(FingerprintStore::id_of(n)));
                     }

@@ -283,7 +283,7 @@ pub fn scan_counting(config: &SourceConfig, filter: &Filter, found: &dyn Fn(u64)
             fingerprint: UNSTATED,
         });
         symlinks.push(symlink);
-        if files.len() % FOUND_STEP == 0 {
+        if files.len().is_multiple_of(FOUND_STEP) {
             found(FOUND_STEP as u64);
         }
     }
