@@ -142,31 +142,40 @@ impl Warmer {
         // again, checked out again): hash first, and write only if the content changed.
         let mut previous: FastMap<String, IndexEntry> = FastMap::default();
         let mut suspect: Vec<SourceFile> = Vec::new();
-        let mut dirty: Vec<SourceFile> = Vec::new();
+        // What is to be written stays in the scan's own list, filtered in place: on a cold warm
+        // (every file to write) there is never a second list of the tree.
+        let mut dirty = std::mem::take(&mut scan.files);
         let mut marks = index.entries.marks();
         let mut indexed = 0usize;
         {
             // One lock for every lookup; released before any await.
             let known = self.ctx.source.known_hashes();
-            // Files move out of the scan into the lists that need them: never a second copy.
-            for f in std::mem::take(&mut scan.files) {
+            // Clean and suspect files leave the list (moved, not copied); the flag says which.
+            let leaving_is_suspect = std::cell::Cell::new(false);
+            let leaving = dirty.extract_if(.., |f| {
                 let entry = index.entries.get_marking(&f.name, &mut marks);
                 indexed += usize::from(entry.is_some());
                 let confirmed = entry.filter(|e| !e.pending && !evicted.contains(&f.name));
-                if confirmed.is_some_and(|e| known.get(&f) == Some(e.hash)) {
-                    report.unchanged += 1;
-                    continue;
+                if confirmed.is_some_and(|e| known.get(f) == Some(e.hash)) {
+                    leaving_is_suspect.set(false);
+                    return true;
                 }
                 if let Some(e) = entry {
                     previous.insert(f.name.clone(), *e);
                 }
-                if confirmed.is_some() {
+                leaving_is_suspect.set(confirmed.is_some());
+                confirmed.is_some()
+            });
+            for f in leaving {
+                if leaving_is_suspect.get() {
                     suspect.push(f);
                 } else {
-                    dirty.push(f);
+                    report.unchanged += 1;
                 }
             }
         }
+        // A rescan that writes little keeps little.
+        dirty.shrink_to_fit();
         if indexed < index.entries.len() {
             report.orphans = orphans(&scan, &index, &marks);
         }
