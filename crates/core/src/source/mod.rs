@@ -173,10 +173,7 @@ impl Source {
 
     /// The hash of `file` if it is known and its fingerprint is unchanged (never with `checksum`).
     pub fn known_hash(&self, file: &SourceFile) -> Option<ContentHash> {
-        if self.config.checksum {
-            return None;
-        }
-        self.lock().lookup(&file.name, &file.fingerprint)
+        self.known_hashes().get(file)
     }
 
     /// The known hashes, for many lookups under one lock (see [`KnownHashes`]). Hold it only
