@@ -733,7 +733,7 @@ return 1
 
 /// `KEYS` = index hash, lease key; `ARGV` = fence token, number of fields to set, the field
 /// and value pairs, then the fields to remove. Applied only while the lease record starts
-/// with the token.
+/// with the token. Arguments are unpacked 4,000 at a time (Lua's C stack holds 8,000).
 const FENCED_HASH_UPDATE: &str = r#"
 local lease = redis.call('GET', KEYS[2])
 if not lease or string.sub(lease, 1, #ARGV[1]) ~= ARGV[1] then
@@ -742,12 +742,12 @@ end
 local n = tonumber(ARGV[2])
 local i = 3
 while i < 3 + 2 * n do
-  local last = math.min(i + 999, 2 + 2 * n)
+  local last = math.min(i + 3999, 2 + 2 * n)
   redis.call('HSET', KEYS[1], unpack(ARGV, i, last))
   i = last + 1
 end
 while i <= #ARGV do
-  local last = math.min(i + 999, #ARGV)
+  local last = math.min(i + 3999, #ARGV)
   redis.call('HDEL', KEYS[1], unpack(ARGV, i, last))
   i = last + 1
 end

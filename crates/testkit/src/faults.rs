@@ -1,26 +1,30 @@
 //! A fault-injecting in-memory backend: for tests of engine behaviour under failures (retries,
 //! isolation, cancellation) that real servers cannot produce on demand.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use template_cache_core::{
-    Bytes, CacheBackend, Capabilities, Error, Expiry, IndexLayout, Result, async_trait,
+    Bytes, CacheBackend, Capabilities, Error, ErrorKind, Expiry, Fence, IndexLayout, Result,
+    async_trait,
 };
 
 /// Decides, per call, whether it fails: receives the operation (`"get_many"`, `"set_many"`,
 /// `"delete_many"`) and its keys, and returns the error to fail with.
 pub type Fault = Box<dyn Fn(&str, &[String]) -> Option<Error> + Send + Sync>;
 
-/// An in-memory backend (sharded index layout) that records every key it writes and fails
-/// calls on demand.
+/// An in-memory backend (sharded index layout, or the hash layout with
+/// [`FaultyBackend::hash_indexed`]) that records every key it writes and fails calls on demand.
+/// Hash updates (`"hash_update"`) pass the fields they set as the keys.
 #[derive(Default)]
 pub struct FaultyBackend {
     map: Mutex<HashMap<String, Bytes>>,
+    hashes: Mutex<HashMap<String, BTreeMap<Bytes, Bytes>>>,
     writes: Mutex<Vec<String>>,
     fault: Mutex<Option<Fault>>,
     caps: Capabilities,
+    hash_layout: bool,
 }
 
 impl std::fmt::Debug for FaultyBackend {
@@ -40,6 +44,15 @@ impl FaultyBackend {
         FaultyBackend {
             caps,
             ..Self::default()
+        }
+    }
+
+    /// The same backend keeping indexes in the hash layout (one hash per namespace, updated by
+    /// field), like Redis.
+    pub fn hash_indexed(self) -> Self {
+        FaultyBackend {
+            hash_layout: true,
+            ..self
         }
     }
 
@@ -90,7 +103,11 @@ impl CacheBackend for FaultyBackend {
     }
 
     fn index_layout(&self) -> IndexLayout {
-        IndexLayout::Sharded
+        if self.hash_layout {
+            IndexLayout::Hash
+        } else {
+            IndexLayout::Sharded
+        }
     }
 
     fn describe(&self) -> String {
@@ -152,6 +169,65 @@ impl CacheBackend for FaultyBackend {
         Ok(true)
     }
 
+    async fn hash_scan(&self, key: &str, cursor: u64) -> Result<(u64, Vec<(Bytes, Bytes)>)> {
+        self.fail("hash_scan", &[key.to_owned()])?;
+        // Pages of 100 fields; the cursor is the number of fields already returned.
+        let hashes = lock(&self.hashes);
+        let Some(fields) = hashes.get(key) else {
+            return Ok((0, Vec::new()));
+        };
+        let start = usize::try_from(cursor).unwrap_or(usize::MAX);
+        let page: Vec<_> = fields
+            .iter()
+            .skip(start)
+            .take(100)
+            .map(|(f, v)| (f.clone(), v.clone()))
+            .collect();
+        let next = start + page.len();
+        Ok((if next >= fields.len() { 0 } else { next as u64 }, page))
+    }
+
+    async fn hash_update(
+        &self,
+        key: &str,
+        set: &[(String, Bytes)],
+        remove: &[String],
+    ) -> Result<()> {
+        let fields: Vec<String> = set.iter().map(|(f, _)| f.clone()).collect();
+        self.fail("hash_update", &fields)?;
+        let mut hashes = lock(&self.hashes);
+        let hash = hashes.entry(key.to_owned()).or_default();
+        for (f, v) in set {
+            hash.insert(Bytes::copy_from_slice(f.as_bytes()), v.clone());
+        }
+        for f in remove {
+            hash.remove(f.as_bytes());
+        }
+        if hash.is_empty() {
+            hashes.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn hash_update_fenced(
+        &self,
+        key: &str,
+        set: &[(String, Bytes)],
+        remove: &[String],
+        fence: &Fence,
+    ) -> Result<()> {
+        let held = lock(&self.map)
+            .get(&fence.key)
+            .is_some_and(|v| v.starts_with(&fence.token));
+        if !held {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                "the write lease is no longer held",
+            ));
+        }
+        self.hash_update(key, set, remove).await
+    }
+
     async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
         self.fail("list_keys", &[])?;
         Ok(lock(&self.map)
@@ -164,13 +240,19 @@ impl CacheBackend for FaultyBackend {
 
 #[cfg(test)]
 mod tests {
-    crate::conformance_tests!(super::FaultyBackend::with_capabilities(
-        template_cache_core::Capabilities {
-            list_keys: true,
-            batch_max_keys: Some(100),
-            batch_max_bytes: Some(64 * 1024),
-            max_value_bytes: Some(1 << 20),
-            evicts: false,
-        }
-    ));
+    const CAPS: template_cache_core::Capabilities = template_cache_core::Capabilities {
+        list_keys: true,
+        batch_max_keys: Some(100),
+        batch_max_bytes: Some(64 * 1024),
+        max_value_bytes: Some(1 << 20),
+        evicts: false,
+    };
+
+    crate::conformance_tests!(super::FaultyBackend::with_capabilities(CAPS));
+
+    mod hash_indexed {
+        crate::conformance_tests!(
+            super::super::FaultyBackend::with_capabilities(super::CAPS).hash_indexed()
+        );
+    }
 }

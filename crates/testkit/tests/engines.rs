@@ -547,3 +547,110 @@ async fn checks_are_throttled_like_warms() {
         "{took:?}"
     );
 }
+
+#[tokio::test]
+async fn a_unit_whose_index_mark_fails_is_reported_and_left_unwritten() {
+    // Where the index is updated by field, the warmer marks units of batches pending ahead of
+    // the writers. A unit whose mark fails must not be written (the cache would hold records
+    // the index does not describe); the units around it are written and confirmed.
+    let dir = tempfile::tempdir().unwrap();
+    numbered_tree(dir.path(), 5000);
+    let mut names: Vec<String> = (0..5000).map(|i| format!("t{i}.html")).collect();
+    names.sort();
+    let m = Arc::new(FaultyBackend::new().hash_indexed());
+    let mut cfg = config(dir.path(), "t");
+    cfg.throttle.batch_max_templates = 64;
+    let ns = cfg.namespace.clone();
+
+    // The first mark failing fails the run before anything is written.
+    let first = names[10].clone();
+    m.set_fault(move |op, fields| {
+        (op == "hash_update" && fields.contains(&first))
+            .then(|| Error::new(ErrorKind::Io, "index refused"))
+    });
+    let err = Warmer::new(m.clone(), cfg.clone())
+        .unwrap()
+        .run_once()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("index refused"), "{err}");
+    assert!(template_writes(&m, &ns).is_empty());
+
+    // A later unit (names 2048.. of 64-template batches) failing fails that unit alone.
+    let later = names[3000].clone();
+    m.set_fault(move |op, fields| {
+        (op == "hash_update" && fields.contains(&later))
+            .then(|| Error::new(ErrorKind::Io, "index refused"))
+    });
+    let r = Warmer::new(m.clone(), cfg.clone())
+        .unwrap()
+        .run_once()
+        .await
+        .unwrap();
+    let mut failed: Vec<String> = r.failed.iter().map(|f| f.name.clone()).collect();
+    failed.sort();
+    assert_eq!(
+        failed,
+        names[2048..4096],
+        "the whole unit, and nothing else"
+    );
+    assert_eq!(r.written, 5000 - 2048);
+    let written = template_writes(&m, &ns);
+    assert!(!written.contains(&ns.key_for(&names[3000])));
+    assert!(written.contains(&ns.key_for(&names[4096])));
+
+    // What was written is confirmed; the unmarked unit is simply missing, then written.
+    let checker = Checker::new(m.clone(), cfg.clone()).unwrap();
+    let c = checker.check(CheckMode::Deep).await.unwrap();
+    let mut missing = c.missing.clone();
+    missing.sort();
+    assert_eq!(missing, names[2048..4096]);
+    assert_eq!(c.inconsistencies(), 2048, "{c:?}");
+    m.clear_fault();
+    let r = Warmer::new(m.clone(), cfg.clone())
+        .unwrap()
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!((r.written, r.failed.len()), (2048, 0));
+    assert!(checker.check(CheckMode::Deep).await.unwrap().consistent);
+}
+
+#[tokio::test]
+async fn a_warm_cancelled_mid_write_stops_promptly_on_either_index_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    numbered_tree(dir.path(), 3000);
+    for m in [FaultyBackend::new(), FaultyBackend::new().hash_indexed()] {
+        let m = Arc::new(m);
+        let mut cfg = config(dir.path(), "t");
+        cfg.throttle.batch_max_templates = 16;
+        cfg.throttle.concurrency = 1;
+        let cancel = CancellationToken::new();
+        let writes = Arc::new(Mutex::new(0u32));
+        let (stopper, counted) = (cancel.clone(), Arc::clone(&writes));
+        m.set_fault(move |op, _| {
+            if op == "set_many" {
+                let mut n = counted.lock().unwrap();
+                *n += 1;
+                if *n == 3 {
+                    stopper.cancel();
+                }
+            }
+            None
+        });
+        let warmer = Warmer::new(m.clone(), cfg.clone()).unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), warmer.run_once_until(&cancel))
+            .await
+            .expect("a cancelled warm returns")
+            .unwrap();
+        assert!(r.cancelled && r.written > 0 && r.written < 3000, "{r:?}");
+        // What was written is confirmed; the rest is described as missing, never lost.
+        let c = Checker::new(m.clone(), cfg)
+            .unwrap()
+            .check(CheckMode::Deep)
+            .await
+            .unwrap();
+        assert_eq!(c.missing.len(), 3000 - r.written, "{c:?}");
+        assert_eq!(c.inconsistencies(), c.missing.len(), "{c:?}");
+    }
+}

@@ -38,9 +38,6 @@ pub(crate) struct Ctx {
     lease_shared: bool,
 }
 
-/// Names marked pending per index update in the hash layout.
-const PENDING_MARKS_PER_UPDATE: usize = 10_000;
-
 /// What the write pipeline did.
 #[derive(Debug, Default)]
 pub(crate) struct WriteOutcome {
@@ -50,6 +47,57 @@ pub(crate) struct WriteOutcome {
     pub failed: Vec<Failure>,
     /// Encoded bytes written.
     pub bytes: u64,
+}
+
+/// Names per index update (mark or confirmation) of the write pipeline where the index takes
+/// updates by field: a few batches, so that marking stays ahead of the writers.
+const INDEX_UPDATE_UNIT: usize = 2048;
+
+/// A batch handed from the marker to the writers.
+enum Marked {
+    /// Marked pending: to be written.
+    Ready(Vec<SourceFile>),
+    /// Its mark failed: not to be written.
+    Unmarked(Vec<SourceFile>, Arc<Error>),
+}
+
+/// Batches from `groups` until they hold at least `unit` names (or `groups` ends).
+fn take_unit(
+    groups: &mut impl Iterator<Item = Vec<SourceFile>>,
+    unit: usize,
+) -> Vec<Vec<SourceFile>> {
+    let (mut taken, mut names) = (Vec::new(), 0);
+    while names < unit
+        && let Some(group) = groups.next()
+    {
+        names += group.len();
+        taken.push(group);
+    }
+    taken
+}
+
+/// The index changes that mark the files of `batches` pending, keeping each one's hash from
+/// `previous`.
+fn pending_marks(
+    batches: &[Vec<SourceFile>],
+    previous: &FastMap<String, IndexEntry>,
+) -> IndexChanges {
+    IndexChanges {
+        upserts: batches
+            .iter()
+            .flatten()
+            .map(|f| {
+                let prev = previous.get(&f.name);
+                let entry = IndexEntry {
+                    hash: prev.map(|e| e.hash).unwrap_or_default(),
+                    size: prev.map_or(f.fingerprint.size, |e| e.size),
+                    pending: true,
+                };
+                (f.name.clone(), entry)
+            })
+            .collect(),
+        removals: Vec::new(),
+    }
 }
 
 impl Ctx {
@@ -424,8 +472,16 @@ impl Ctx {
     /// Writes `files` (in the given order) through the index protocol: mark them pending,
     /// write records in throttled batches, then confirm the written ones.
     ///
+    /// Three stages run at once: a marker marks units of batches pending ahead of the writers,
+    /// the writers write records `concurrency` batches at a time, and a confirmer confirms what
+    /// they wrote, a unit at a time. Where the index takes updates by field (the hash layout) a
+    /// unit is [`INDEX_UPDATE_UNIT`] names, so index updates overlap the writes; the sharded
+    /// layout rewrites shards per update, so its unit is the whole run.
+    ///
     /// `previous` holds each name's index entry before the run (its hash is kept while pending).
-    /// Batches not started when `cancel` fires are left pending.
+    /// When the first mark fails nothing is written and the run fails; a later unit whose mark
+    /// fails is reported as failed, unwritten. Batches not started when `cancel` fires are not
+    /// written (those already marked are left pending).
     pub async fn write_files(
         &self,
         files: Vec<SourceFile>,
@@ -436,66 +492,116 @@ impl Ctx {
         if files.is_empty() {
             return Ok(out);
         }
-        // Marked a slice at a time where the index takes updates by field, so that no copy of
-        // every name is held; the sharded layout rewrites shards per update: one update.
-        let slice = match self.cache.index_layout() {
-            crate::backend::IndexLayout::Hash => PENDING_MARKS_PER_UPDATE,
-            crate::backend::IndexLayout::Sharded => files.len(),
+        let total = files.len();
+        let unit = match self.cache.index_layout() {
+            crate::backend::IndexLayout::Hash => INDEX_UPDATE_UNIT,
+            crate::backend::IndexLayout::Sharded => usize::MAX,
         };
-        for part in files.chunks(slice.max(1)) {
-            let pending = IndexChanges {
-                upserts: part
-                    .iter()
-                    .map(|f| {
-                        let prev = previous.get(&f.name);
-                        let entry = IndexEntry {
-                            hash: prev.map(|e| e.hash).unwrap_or_default(),
-                            size: prev.map_or(f.fingerprint.size, |e| e.size),
-                            pending: true,
-                        };
-                        (f.name.clone(), entry)
-                    })
-                    .collect(),
-                removals: Vec::new(),
-            };
-            self.update_index(&pending).await?;
-        }
-
-        self.phase("writing", files.len());
-        // At most every file is written: no regrowth (a copy) at the end of a large run.
-        out.written.reserve_exact(files.len());
         let ranges = batch_ranges(
-            files.len(),
+            total,
             self.throttle.batch_max_templates.min(self.chunk()),
             self.throttle.batch_max_bytes,
             |i| files[i].fingerprint.size as usize + files[i].name.len() + 64,
         );
-        // Batches are moved out of `files` as the stream reaches them: no second list of files.
+        // Batches are moved out of `files` as the marker reaches them: no second list of files.
         let mut remaining = files.into_iter();
-        let groups = ranges
+        let mut groups = ranges
             .into_iter()
             .map(move |r| remaining.by_ref().take(r.len()).collect::<Vec<_>>());
-        let mut stream = futures_util::stream::iter(groups)
-            .take_while(|_| std::future::ready(!cancel.is_cancelled()))
-            .map(|group| self.write_batch(group))
-            .buffer_unordered(self.throttle.concurrency);
-        while let Some(b) = stream.next().await {
-            self.advance(b.written.len() + b.failed.len());
-            self.advance_bytes(b.bytes);
-            out.written.extend(b.written);
-            out.failed.extend(b.failed);
-            out.bytes += b.bytes;
-        }
-        drop(stream);
+        let first = take_unit(&mut groups, unit);
+        self.update_index(&pending_marks(&first, previous)).await?;
+        self.phase("writing", total);
 
-        // Move (not copy) the confirmed entries into the index update, then take them back.
-        let confirm = IndexChanges {
-            upserts: std::mem::take(&mut out.written),
-            removals: Vec::new(),
+        let depth = self.throttle.concurrency.saturating_mul(2);
+        let (marked_tx, marked_rx) = tokio::sync::mpsc::channel::<Marked>(depth);
+        let (confirm_tx, mut confirm_rx) = tokio::sync::mpsc::channel(2);
+        let marker = async move {
+            let mut batches = first;
+            let mut failed = None;
+            loop {
+                for group in batches {
+                    let marked = match &failed {
+                        None => Marked::Ready(group),
+                        Some(e) => Marked::Unmarked(group, Arc::clone(e)),
+                    };
+                    if marked_tx.send(marked).await.is_err() {
+                        return; // the writers stopped (cancelled)
+                    }
+                }
+                batches = take_unit(&mut groups, unit);
+                if batches.is_empty() || cancel.is_cancelled() {
+                    return;
+                }
+                failed = self
+                    .update_index(&pending_marks(&batches, previous))
+                    .await
+                    .err()
+                    .map(Arc::new);
+            }
         };
-        let result = self.update_index(&confirm).await;
-        out.written = confirm.upserts;
-        if let Err(e) = result {
+        let writers = async {
+            // Owned here, so that the marker stops when the writers do.
+            let mut marked_rx = marked_rx;
+            let marked = futures_util::stream::poll_fn(|cx| marked_rx.poll_recv(cx));
+            let mut stream = marked
+                .take_while(|_| std::future::ready(!cancel.is_cancelled()))
+                .map(|marked| async move {
+                    match marked {
+                        Marked::Ready(group) => self.write_records(group).await,
+                        Marked::Unmarked(group, e) => WriteOutcome {
+                            failed: group
+                                .into_iter()
+                                .map(|f| Failure::new(f.name, &e, self.retry.max_attempts))
+                                .collect(),
+                            ..Default::default()
+                        },
+                    }
+                })
+                .buffer_unordered(self.throttle.concurrency);
+            let mut to_confirm = Vec::new();
+            while let Some(b) = stream.next().await {
+                self.advance(b.written.len() + b.failed.len());
+                self.advance_bytes(b.bytes);
+                to_confirm.extend(b.written);
+                out.failed.extend(b.failed);
+                out.bytes += b.bytes;
+                if to_confirm.len() >= unit {
+                    // The confirmer outlives the writers: it only stops when this side does.
+                    let _ = confirm_tx.send(std::mem::take(&mut to_confirm)).await;
+                }
+            }
+            drop(stream);
+            drop(marked_rx);
+            if !to_confirm.is_empty() {
+                let _ = confirm_tx.send(to_confirm).await;
+            }
+            drop(confirm_tx);
+        };
+        let confirmer = async {
+            let mut written: Vec<(String, IndexEntry)> = Vec::new();
+            let mut unconfirmed = None;
+            while let Some(upserts) = confirm_rx.recv().await {
+                // Moved (not copied) into the index update, then taken back.
+                let confirm = IndexChanges {
+                    upserts,
+                    removals: Vec::new(),
+                };
+                if let Err(e) = self.update_index(&confirm).await {
+                    unconfirmed.get_or_insert(e);
+                }
+                if written.is_empty() {
+                    // At most every file is written: no regrowth (a copy) in a large run.
+                    written = confirm.upserts;
+                    written.reserve_exact(total - written.len());
+                } else {
+                    written.extend(confirm.upserts);
+                }
+            }
+            (written, unconfirmed)
+        };
+        let ((), (), (written, unconfirmed)) = tokio::join!(marker, writers, confirmer);
+        out.written = written;
+        if let Some(e) = unconfirmed {
             // The entries were written but stay marked pending: a check verifies them by content.
             tracing::error!(error = %e, "could not confirm written templates in the index");
             out.failed
@@ -504,7 +610,8 @@ impl Ctx {
         Ok(out)
     }
 
-    async fn write_batch(&self, group: Vec<SourceFile>) -> WriteOutcome {
+    /// Reads, encodes and writes one batch of records (no index update).
+    async fn write_records(&self, group: Vec<SourceFile>) -> WriteOutcome {
         let mut out = WriteOutcome::default();
         let loaded = self.source.load_many(group).await;
         let caps = self.cache.capabilities();

@@ -90,7 +90,16 @@ impl Namespace {
 
     /// The cache key of template `name`: `<namespace>:<hex SHA-256 of the name>`.
     pub fn key_for(&self, name: &str) -> String {
-        format!("{}:{}", self.0, ContentHash::of(name.as_bytes()).to_hex())
+        // Built in place: one key per template per run, so no formatting machinery.
+        let mut hex = [0u8; 64];
+        let digest = ContentHash::of(name.as_bytes()).0;
+        // Both are 32 bytes in, 64 out: encoding cannot fail.
+        let _ = hex::encode_to_slice(digest, &mut hex);
+        let mut key = String::with_capacity(self.0.len() + 1 + hex.len());
+        key.push_str(&self.0);
+        key.push(':');
+        key.extend(hex.iter().map(|&b| char::from(b)));
+        key
     }
 
     /// The prefix shared by every key of this namespace, `<namespace>:`.
