@@ -41,8 +41,8 @@ pub(crate) struct Ctx {
 /// What the write pipeline did.
 #[derive(Debug, Default)]
 pub(crate) struct WriteOutcome {
-    /// Names written, with their new index entries.
-    pub written: Vec<(String, IndexEntry)>,
+    /// How many templates were written (the names of the others are in `failed`).
+    pub written: usize,
     /// Names that failed.
     pub failed: Vec<Failure>,
     /// Encoded bytes written.
@@ -52,6 +52,17 @@ pub(crate) struct WriteOutcome {
 /// Names per index update (mark or confirmation) of the write pipeline where the index takes
 /// updates by field: a few batches, so that marking stays ahead of the writers.
 const INDEX_UPDATE_UNIT: usize = 2048;
+
+/// What one batch of the write pipeline did.
+#[derive(Debug, Default)]
+struct BatchOutcome {
+    /// Names written, with their new index entries (to confirm).
+    written: Vec<(String, IndexEntry)>,
+    /// Names that failed.
+    failed: Vec<Failure>,
+    /// Encoded bytes written.
+    bytes: u64,
+}
 
 /// A batch handed from the marker to the writers.
 enum Marked {
@@ -548,7 +559,7 @@ impl Ctx {
                 .map(|marked| async move {
                     match marked {
                         Marked::Ready(group) => self.write_records(group).await,
-                        Marked::Unmarked(group, e) => WriteOutcome {
+                        Marked::Unmarked(group, e) => BatchOutcome {
                             failed: group
                                 .into_iter()
                                 .map(|f| Failure::new(f.name, &e, self.retry.max_attempts))
@@ -578,23 +589,17 @@ impl Ctx {
             drop(confirm_tx);
         };
         let confirmer = async {
-            let mut written: Vec<(String, IndexEntry)> = Vec::new();
+            let mut written = 0;
             let mut unconfirmed = None;
             while let Some(upserts) = confirm_rx.recv().await {
-                // Moved (not copied) into the index update, then taken back.
+                // Confirmed entries are dropped: a run never holds every written name.
+                written += upserts.len();
                 let confirm = IndexChanges {
                     upserts,
                     removals: Vec::new(),
                 };
                 if let Err(e) = self.update_index(&confirm).await {
                     unconfirmed.get_or_insert(e);
-                }
-                if written.is_empty() {
-                    // At most every file is written: no regrowth (a copy) in a large run.
-                    written = confirm.upserts;
-                    written.reserve_exact(total - written.len());
-                } else {
-                    written.extend(confirm.upserts);
                 }
             }
             (written, unconfirmed)
@@ -611,8 +616,8 @@ impl Ctx {
     }
 
     /// Reads, encodes and writes one batch of records (no index update).
-    async fn write_records(&self, group: Vec<SourceFile>) -> WriteOutcome {
-        let mut out = WriteOutcome::default();
+    async fn write_records(&self, group: Vec<SourceFile>) -> BatchOutcome {
+        let mut out = BatchOutcome::default();
         let loaded = self.source.load_many(group).await;
         let caps = self.cache.capabilities();
         let now = crate::time::now_ns();

@@ -7,7 +7,7 @@ use tracing::Instrument;
 use super::check::Checker;
 use super::plan::{Deletion, Kind};
 use super::report::{CheckReport, Failure, ResolveReport};
-use crate::collections::FastMap;
+use crate::collections::{FastMap, FastSet};
 use crate::error::{Error, ErrorKind, Result};
 use crate::index::{IndexChanges, IndexEntry};
 use crate::source::scan::SourceFile;
@@ -204,16 +204,16 @@ impl Checker {
         previous: &FastMap<String, IndexEntry>,
         out: &mut ResolveReport,
     ) -> Result<()> {
-        let kinds: FastMap<&str, Kind> =
-            writes.iter().map(|(k, f)| (f.name.as_str(), *k)).collect();
         let files: Vec<SourceFile> = writes.iter().map(|(_, f)| f.clone()).collect();
         let outcome = self
             .ctx
             .write_files(files, previous, &CancellationToken::new())
             .await?;
-        for (name, _) in &outcome.written {
-            if let Some(k) = kinds.get(name.as_str()) {
-                out.count(*k);
+        // Every template not reported failed was written.
+        let failed: FastSet<&str> = outcome.failed.iter().map(|f| f.name.as_str()).collect();
+        for (kind, f) in writes {
+            if !failed.contains(f.name.as_str()) {
+                out.count(*kind);
             }
         }
         out.failed.extend(outcome.failed);

@@ -215,7 +215,7 @@ impl Warmer {
             self.server_stats("before writing").await
         };
         let outcome = self.ctx.write_files(dirty, &previous, cancel).await?;
-        report.written = outcome.written.len();
+        report.written = outcome.written;
         report.failed.extend(outcome.failed);
         report.bytes_written = outcome.bytes;
         report.cancelled = cancel.is_cancelled()
@@ -365,7 +365,7 @@ impl Warmer {
         for f in &outcome.failed {
             source.forget(&f.name);
         }
-        report.written = outcome.written.len();
+        report.written = outcome.written;
         report.failed.extend(outcome.failed);
         report.bytes_written = outcome.bytes;
         if report.written > 0

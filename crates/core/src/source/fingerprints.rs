@@ -119,6 +119,9 @@ pub struct FingerprintStore {
     overlay: FastMap<u128, Option<Entry>>,
     /// Directory ids recorded this run that `dirs` lacks.
     new_dirs: FastSet<u128>,
+    /// The parent directory of the last recorded name: its ancestors are known (files are
+    /// mostly recorded directory by directory).
+    last_parent: String,
     /// How many files the store knows (table and overlay together).
     len: usize,
     dirty: bool,
@@ -345,20 +348,25 @@ impl FingerprintStore {
         hashed_at_ns: i64,
     ) {
         let id = Self::id_of(name);
-        if self.get(id).is_none() {
-            self.len += 1;
-        }
         let entry = Entry {
             id,
             fp: digest(&fingerprint),
             settled_before_ns: hashed_at_ns.saturating_sub(RACY_WINDOW_NS),
             hash: hash.0,
         };
-        self.overlay.insert(id, Some(entry));
-        for dir in ancestor_ids(name) {
-            if self.dirs.binary_search(&dir).is_err() {
-                self.new_dirs.insert(dir);
+        let known = match self.overlay.insert(id, Some(entry)) {
+            Some(before) => before.is_some(),
+            None => self.in_table(id).is_some(),
+        };
+        self.len += usize::from(!known);
+        let parent = name.rfind('/').map_or("", |i| &name[..i]);
+        if parent != self.last_parent {
+            for dir in ancestor_ids(name) {
+                if self.dirs.binary_search(&dir).is_err() {
+                    self.new_dirs.insert(dir);
+                }
             }
+            parent.clone_into(&mut self.last_parent);
         }
         self.dirty = true;
         self.merge_if_large();
