@@ -192,8 +192,14 @@ impl RedisBackend {
         Ok(out)
     }
 
-    async fn scan_all(&self, pattern: &str, target: Option<(&str, u16)>) -> Result<Vec<String>> {
-        let mut keys = Vec::new();
+    /// `SCAN`s one server (`target`, or the connection's) for `pattern`, handing each page to
+    /// `each`.
+    async fn scan_each(
+        &self,
+        pattern: &str,
+        target: Option<(&str, u16)>,
+        each: &mut (dyn FnMut(Vec<String>) + Send),
+    ) -> Result<()> {
         let mut cursor: u64 = 0;
         loop {
             let mut cmd = redis::cmd("SCAN");
@@ -203,10 +209,10 @@ impl RedisBackend {
                 .arg("COUNT")
                 .arg(SCAN_COUNT);
             let (next, page): (u64, Vec<String>) = self.query_at(&cmd, target, "SCAN").await?;
-            keys.extend(page);
+            each(page);
             cursor = next;
             if cursor == 0 {
-                return Ok(keys);
+                return Ok(());
             }
         }
     }
@@ -418,15 +424,25 @@ impl CacheBackend for RedisBackend {
     }
 
     async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        self.list_keys_paged(prefix, &mut |page| keys.extend(page))
+            .await?;
+        Ok(keys)
+    }
+
+    async fn list_keys_paged(
+        &self,
+        prefix: &str,
+        each: &mut (dyn FnMut(Vec<String>) + Send),
+    ) -> Result<()> {
         let pattern = format!("{}*", glob_escape(prefix));
         match &self.conn {
-            Conn::Single(_) => self.scan_all(&pattern, None).await,
+            Conn::Single(_) => self.scan_each(&pattern, None, each).await,
             Conn::Cluster(_) => {
-                let mut keys = Vec::new();
                 for (host, port) in self.primaries().await? {
-                    keys.extend(self.scan_all(&pattern, Some((&host, port))).await?);
+                    self.scan_each(&pattern, Some((&host, port)), each).await?;
                 }
-                Ok(keys)
+                Ok(())
             }
         }
     }

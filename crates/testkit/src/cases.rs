@@ -147,7 +147,8 @@ pub async fn large_values(b: Arc<dyn CacheBackend>) {
     b.delete(&k).await.expect("cleanup");
 }
 
-/// Listing by prefix returns exactly the keys under it, or `Unsupported` without the capability.
+/// Listing by prefix (whole or in pages) returns exactly the keys under it, or `Unsupported`
+/// without the capability.
 pub async fn enumeration(b: Arc<dyn CacheBackend>) {
     let b = Cache::new(b);
     let ns = fresh_namespace();
@@ -162,17 +163,27 @@ pub async fn enumeration(b: Arc<dyn CacheBackend>) {
         .await
         .expect("set other");
     let r = b.list_keys(&ns.prefix()).await;
+    let mut paged = Vec::new();
+    let r_paged = b
+        .list_keys_paged(&ns.prefix(), &mut |page| paged.extend(page))
+        .await;
     if b.capabilities().list_keys {
         let mut listed = r.expect("list_keys");
         listed.sort();
         let mut want = keys.clone();
         want.sort();
         assert_eq!(listed, want);
+        r_paged.expect("list_keys_paged");
+        paged.sort();
+        paged.dedup();
+        assert_eq!(paged, want, "the pages hold the same keys");
     } else {
-        assert_eq!(
-            r.expect_err("list_keys without the capability").kind(),
-            ErrorKind::Unsupported
-        );
+        for r in [r.map(drop), r_paged] {
+            assert_eq!(
+                r.expect_err("listing without the capability").kind(),
+                ErrorKind::Unsupported
+            );
+        }
     }
     b.delete_many(&keys).await.expect("cleanup");
     b.delete(&key(&other, "x")).await.expect("cleanup");

@@ -175,13 +175,29 @@ impl Cache {
 
     /// Every key starting with `prefix`; [`ErrorKind::Unsupported`] unless the backend lists.
     pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
-        if !self.caps.list_keys {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("{} cannot list its keys", self.describe()),
-            ));
-        }
+        self.can_list()?;
         timed("list_keys", self.backend.list_keys(prefix)).await
+    }
+
+    /// Every key starting with `prefix`, handed to `each` a page at a time (see
+    /// [`CacheBackend::list_keys_paged`]); [`ErrorKind::Unsupported`] unless the backend lists.
+    pub async fn list_keys_paged(
+        &self,
+        prefix: &str,
+        each: &mut (dyn FnMut(Vec<String>) + Send),
+    ) -> Result<()> {
+        self.can_list()?;
+        timed("list_keys", self.backend.list_keys_paged(prefix, each)).await
+    }
+
+    fn can_list(&self) -> Result<()> {
+        if self.caps.list_keys {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("{} cannot list its keys", self.describe()),
+        ))
     }
 
     /// One page of the fields of hash `key` (see [`CacheBackend::hash_scan`]).

@@ -169,6 +169,21 @@ pub trait CacheBackend: Send + Sync + Debug + 'static {
         Err(unsupported(self, "list its keys"))
     }
 
+    /// Hands every key starting with `prefix` to `each`, a page at a time, in no particular
+    /// order: a namespace of millions of keys is never listed into memory whole. A key may be
+    /// handed over more than once (as Redis `SCAN` may return it twice).
+    ///
+    /// Requires [`Capabilities::list_keys`]; the default hands over [`Self::list_keys`] as one
+    /// page. Override it where the server lists in pages.
+    async fn list_keys_paged(
+        &self,
+        prefix: &str,
+        each: &mut (dyn FnMut(Vec<String>) + Send),
+    ) -> Result<()> {
+        each(self.list_keys(prefix).await?);
+        Ok(())
+    }
+
     /// One page of the fields of hash `key` from `cursor` (`0` starts), and the cursor of the
     /// next page (`0` when done). An absent hash is an empty page with cursor `0`; a field may
     /// appear on more than one page.

@@ -15,7 +15,7 @@ use super::pipeline::{Ctx, chunk_failures};
 use super::plan::{Deletion, Kind, Plan};
 use super::report::{CheckMode, CheckReport, Failure};
 use crate::backend::CacheBackend;
-use crate::collections::FastSet;
+use crate::collections::IdSet;
 use crate::config::EngineConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::key::ContentHash;
@@ -302,29 +302,42 @@ impl Checker {
             return Ok(());
         }
         // Only a listing needs every known key: held as the name hashes that keys carry
-        // (16 bytes each), not as key strings.
-        let ids = |names: &mut dyn Iterator<Item = &str>| -> FastSet<u128> {
-            names.map(name_id).collect()
-        };
-        let indexed = ids(&mut index.entries.keys());
-        let files = ids(&mut scan.files.iter().map(|f| f.name.as_str()));
+        // (16 bytes each, sorted), not as key strings; the listing comes a page at a time.
+        let indexed = IdSet::new(index.entries.keys().map(name_id));
+        let files = IdSet::new(scan.files.iter().map(|f| name_id(&f.name)));
         let prefix = ns.prefix();
         ctx.phase_unknown_total("listing");
-        let (r, _) = ctx.retry.run(|| ctx.cache.list_keys(&prefix)).await;
-        let listed = r.map_err(|e| e.context("listing cache keys"))?;
-        let mut unknown = Vec::new();
-        for key in listed {
-            let Some(id) = ns.name_hash_of_key(&key).map(|h| id_of(&h)) else {
-                continue; // not a template key
-            };
-            if indexed.contains(&id) {
-                continue;
-            }
-            found.report.entries += 1;
-            if !files.contains(&id) {
-                unknown.push(key);
-            }
-        }
+        let listing = std::sync::Mutex::new((0usize, Vec::new()));
+        let (r, _) = ctx
+            .retry
+            .run(|| async {
+                // A retried listing starts over.
+                *lock(&listing) = (0, Vec::new());
+                ctx.cache
+                    .list_keys_paged(&prefix, &mut |page| {
+                        let (entries, unknown) = &mut *lock(&listing);
+                        for key in page {
+                            let Some(id) = ns.name_hash_of_key(&key).map(|h| id_of(&h)) else {
+                                continue; // not a template key
+                            };
+                            if indexed.contains(id) {
+                                continue;
+                            }
+                            *entries += 1;
+                            if !files.contains(id) {
+                                unknown.push(key);
+                            }
+                        }
+                    })
+                    .await
+            })
+            .await;
+        r.map_err(|e| e.context("listing cache keys"))?;
+        let (entries, mut unknown) = listing.into_inner().unwrap_or_else(|p| p.into_inner());
+        // A listing may hand a key over twice.
+        unknown.sort_unstable();
+        unknown.dedup();
+        found.report.entries += entries;
         drop((indexed, files));
         ctx.phase("verifying", unknown.len());
         // Sizes are unknown: a listing's chunks are bounded by count alone.
@@ -443,4 +456,8 @@ fn record_outcome(rep: &CheckReport) {
         errors = rep.errors.len(),
         "check finished"
     );
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
