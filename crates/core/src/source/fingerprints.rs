@@ -35,7 +35,7 @@ const OVERLAY_SHARE: usize = 8;
 const OVERLAY_MIN: usize = 4096;
 
 /// What the store knows of one file: 64 bytes, no heap.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Entry {
     /// xxh3-128 of the name.
     id: u128,
@@ -324,12 +324,17 @@ impl FingerprintStore {
     }
 
     fn in_table(&self, id: u128) -> Option<&Entry> {
+        self.position(id).map(|i| &self.table[i])
+    }
+
+    /// Where `id` is in `table`.
+    fn position(&self, id: u128) -> Option<usize> {
         let b = bucket(id);
         let (start, end) = (*self.buckets.get(b)?, *self.buckets.get(b + 1)?);
         let part = self.table.get(start..end)?;
         part.binary_search_by_key(&id, |e| e.id)
             .ok()
-            .map(|i| &part[i])
+            .map(|i| start + i)
     }
 
     /// The trusted hash of `name` if its fingerprint is unchanged and was not racy.
@@ -354,6 +359,16 @@ impl FingerprintStore {
             settled_before_ns: hashed_at_ns.saturating_sub(RACY_WINDOW_NS),
             hash: hash.0,
         };
+        // Nothing to learn when the store already vouches for this hash, as of an earlier
+        // hashing (a deep check of an unchanged tree records nothing).
+        if self.get(id).is_some_and(|e| {
+            e.fp == entry.fp
+                && e.hash == entry.hash
+                && fingerprint.mtime_ns.max(fingerprint.ctime_ns) < e.settled_before_ns
+                && e.settled_before_ns <= entry.settled_before_ns
+        }) {
+            return;
+        }
         let known = match self.overlay.insert(id, Some(entry)) {
             Some(before) => before.is_some(),
             None => self.in_table(id).is_some(),
@@ -427,28 +442,52 @@ impl FingerprintStore {
         }
     }
 
-    /// Merges the overlay into the table (and new directories into `dirs`): one sorted pass.
+    /// Merges the overlay into the table (and new directories into `dirs`) in place: changes
+    /// of known ids are written over their entries, removed ones dropped, and new ones merged
+    /// in from the back after the table grows (a large table's growth is remapped by the
+    /// allocator, not copied: there is never a second table).
     fn merge(&mut self) {
         if !self.overlay.is_empty() {
             let mut changes: Vec<(u128, Option<Entry>)> = self.overlay.drain().collect();
+            self.overlay.shrink_to_fit();
             changes.sort_unstable_by_key(|&(id, _)| id);
-            let old = std::mem::take(&mut self.table);
-            let mut table = Vec::with_capacity(self.len);
-            let mut old = old.into_iter().peekable();
+            let mut added: Vec<Entry> = Vec::new();
+            // Positions of removed entries, increasing (the changes are sorted by id).
+            let mut removed: Vec<usize> = Vec::new();
             for (id, change) in changes {
-                while let Some(e) = old.next_if(|e| e.id < id) {
-                    table.push(e);
-                }
-                old.next_if(|e| e.id == id);
-                if let Some(e) = change {
-                    table.push(e);
+                match (self.position(id), change) {
+                    (Some(i), Some(e)) => self.table[i] = e,
+                    (Some(i), None) => removed.push(i),
+                    (None, Some(e)) => added.push(e),
+                    (None, None) => {}
                 }
             }
-            table.extend(old);
-            self.overlay.shrink_to_fit();
-            debug_assert_eq!(table.len(), self.len);
-            self.buckets = buckets_of(&table);
-            self.table = table;
+            if !removed.is_empty() {
+                let (mut at, mut next) = (0, removed.iter().peekable());
+                self.table.retain(|_| {
+                    let keep = next.next_if_eq(&&at).is_none();
+                    at += 1;
+                    keep
+                });
+            }
+            let old_len = self.table.len();
+            self.table.reserve_exact(added.len());
+            self.table.resize(old_len + added.len(), Entry::default());
+            // Merge from the back: every slot written is free or already moved.
+            let (mut i, mut k) = (old_len, self.table.len());
+            while let Some(new) = added.last() {
+                k -= 1;
+                if i > 0 && self.table[i - 1].id > new.id {
+                    self.table[k] = self.table[i - 1];
+                    i -= 1;
+                } else {
+                    self.table[k] = *new;
+                    added.pop();
+                }
+            }
+            debug_assert_eq!(self.table.len(), self.len);
+            debug_assert!(self.table.windows(2).all(|w| w[0].id < w[1].id));
+            self.buckets = buckets_of(&self.table);
         }
         if !self.new_dirs.is_empty() {
             let mut added: Vec<u128> = self.new_dirs.drain().collect();
