@@ -71,9 +71,9 @@ impl Findings {
 struct Comparison<'a> {
     /// The index holds the file's hash: only the entry's existence needs confirming.
     exist_check: Vec<&'a SourceFile>,
-    /// The entry must be fetched and verified against the file's hash (deep mode, pending or
-    /// unindexed templates).
-    fetch: Vec<(&'a SourceFile, ContentHash)>,
+    /// Positions (in the scan, and in its hashes) of files whose entry must be fetched and
+    /// verified against the file's hash (deep mode, pending or unindexed templates).
+    fetch: Vec<usize>,
     /// The index entries some scanned file matched: the others are orphans.
     marks: Marks,
 }
@@ -157,11 +157,12 @@ impl Checker {
         }));
 
         let cmp = compare(mode, &scan, &hashes, &index, &mut found);
-        drop(hashes);
         phases.done("compare", scan.files.len());
         self.confirm_existence(&cmp.exist_check, &mut found).await;
         phases.done("existence check", cmp.exist_check.len());
-        self.verify(&cmp.fetch, &index, &mut found).await;
+        self.verify(&scan.files, &hashes, &cmp.fetch, &index, &mut found)
+            .await;
+        drop(hashes);
         phases.done("verify", cmp.fetch.len());
         // Only the marks are needed to classify orphans: the lists go now, not at the end.
         let Comparison {
@@ -229,31 +230,38 @@ impl Checker {
     /// Fetches and verifies the entries of `files`, a window of chunks at a time: each value is
     /// dropped once verified, so a deep check holds no more content than its batches in flight.
     /// Verified content that the index does not describe becomes an index fix-up.
+    /// Fetches the entries of `files[i]` for each `i` in `fetch` and verifies each against the
+    /// file's hash (`hashes[i]`).
     async fn verify(
         &self,
-        files: &[(&SourceFile, ContentHash)],
+        files: &[SourceFile],
+        hashes: &[Option<ContentHash>],
+        fetch: &[usize],
         index: &IndexSnapshot,
         found: &mut Findings,
     ) {
         let ctx = &self.ctx;
-        ctx.phase("verifying", files.len());
-        let key_of = |i: usize| ctx.namespace.key_for(&files[i].0.name);
+        ctx.phase("verifying", fetch.len());
+        let key_of = |i: usize| ctx.namespace.key_for(&files[fetch[i]].name);
         // A record weighs about its file plus its name and a header.
         let size_of = |i: usize| {
-            let f = files[i].0;
+            let f = &files[fetch[i]];
             f.fingerprint.size as usize + f.name.len() + 64
         };
-        ctx.get_each(files.len(), key_of, size_of, |range, r| {
-            let files = &files[range];
+        ctx.get_each(fetch.len(), key_of, size_of, |range, r| {
+            let chunk = &fetch[range];
             let values = match r {
                 Ok(v) => v,
                 Err(e) => {
-                    let names: Vec<String> = files.iter().map(|(f, _)| f.name.clone()).collect();
+                    let names: Vec<String> = chunk.iter().map(|&i| files[i].name.clone()).collect();
                     found.errors(chunk_failures(&names, &e));
                     return;
                 }
             };
-            for (&(f, h), value) in files.iter().zip(values) {
+            for (&i, value) in chunk.iter().zip(values) {
+                let (f, Some(h)) = (&files[i], hashes[i]) else {
+                    continue; // unreadable files are never fetched
+                };
                 let kind = match value.map(|v| verify(&v, &f.name)) {
                     None => Kind::Missing,
                     Some(Err(_)) => Kind::Corrupt,
@@ -388,7 +396,7 @@ fn compare<'a>(
         fetch: Vec::new(),
         marks: index.entries.marks(),
     };
-    for (f, h) in scan.files.iter().zip(hashes) {
+    for (i, (f, h)) in scan.files.iter().zip(hashes).enumerate() {
         let entry = index.entries.get_marking(&f.name, &mut cmp.marks);
         let Some(h) = *h else {
             continue; // unreadable: already an error
@@ -398,7 +406,7 @@ fn compare<'a>(
                 cmp.exist_check.push(f)
             }
             Some(e) if mode == CheckMode::Quick && !e.pending => found.rewrite(Kind::Outdated, f),
-            _ => cmp.fetch.push((f, h)),
+            _ => cmp.fetch.push(i),
         }
     }
     cmp
