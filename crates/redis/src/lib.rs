@@ -447,6 +447,12 @@ impl CacheBackend for RedisBackend {
         }
     }
 
+    async fn hash_len(&self, key: &str) -> Result<Option<u64>> {
+        self.query(redis::cmd("HLEN").arg(key), "HLEN")
+            .await
+            .map(Some)
+    }
+
     async fn hash_scan(&self, key: &str, cursor: u64) -> Result<(u64, Vec<(Bytes, Bytes)>)> {
         let (next, flat): (u64, Vec<Vec<u8>>) = self
             .query(

@@ -169,6 +169,13 @@ impl CacheBackend for FaultyBackend {
         Ok(true)
     }
 
+    async fn hash_len(&self, key: &str) -> Result<Option<u64>> {
+        self.fail("hash_len", &[key.to_owned()])?;
+        Ok(Some(
+            lock(&self.hashes).get(key).map_or(0, |h| h.len() as u64),
+        ))
+    }
+
     async fn hash_scan(&self, key: &str, cursor: u64) -> Result<(u64, Vec<(Bytes, Bytes)>)> {
         self.fail("hash_scan", &[key.to_owned()])?;
         // Pages of 100 fields; the cursor is the number of fields already returned.

@@ -200,6 +200,12 @@ impl Cache {
         ))
     }
 
+    /// How many fields hash `key` has, if the backend tells (see [`CacheBackend::hash_len`]).
+    pub async fn hash_len(&self, key: &str) -> Result<Option<u64>> {
+        validate_key(key)?;
+        timed("hash_len", self.backend.hash_len(key)).await
+    }
+
     /// One page of the fields of hash `key` (see [`CacheBackend::hash_scan`]).
     pub async fn hash_scan(&self, key: &str, cursor: u64) -> Result<(u64, Vec<(Bytes, Bytes)>)> {
         validate_key(key)?;

@@ -194,6 +194,15 @@ pub trait CacheBackend: Send + Sync + Debug + 'static {
         Err(unsupported(self, "hold hashes"))
     }
 
+    /// How many fields hash `key` has (`0` when absent), or `None` when the backend cannot
+    /// tell cheaply: a hint to size what reads the hash, never trusted for anything else.
+    ///
+    /// Optional for [`IndexLayout::Hash`]; the default returns `None`.
+    async fn hash_len(&self, key: &str) -> Result<Option<u64>> {
+        let _ = key;
+        Ok(None)
+    }
+
     /// Sets the fields `set` and removes the fields `remove` of hash `key`, creating it if
     /// needed. The hash never expires; a hash left without fields may vanish.
     ///

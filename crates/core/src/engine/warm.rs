@@ -16,9 +16,9 @@ use crate::collections::{FastMap, FastSet};
 use crate::config::EngineConfig;
 use crate::error::Result;
 use crate::history::Recorder;
-use crate::index::{IndexEntry, IndexSnapshot, Marks};
-use crate::source::Source;
+use crate::index::{IndexEntries, IndexEntry, IndexSnapshot, Marks};
 use crate::source::scan::{Probe, SourceFile, compile_globs};
+use crate::source::{KnownHashes, Source};
 
 /// Keeps a cache warm with the templates of one tree.
 #[derive(Debug)]
@@ -145,26 +145,28 @@ impl Warmer {
         // What is to be written stays in the scan's own list, filtered in place: on a cold warm
         // (every file to write) there is never a second list of the tree.
         let mut dirty = std::mem::take(&mut scan.files);
-        let mut marks = index.entries.marks();
-        let mut indexed = 0usize;
-        {
+        // The lookups (index entry, trusted hash: cache misses at a million files) run on every
+        // core, read-only; the list is then filtered in one pass.
+        let (classes, marks, indexed) = {
             // One lock for every lookup; released before any await.
             let known = self.ctx.source.known_hashes();
+            classify(&dirty, &index.entries, &evicted, &known)
+        };
+        {
+            let mut classes = classes.into_iter();
             // Clean and suspect files leave the list (moved, not copied); the flag says which.
             let leaving_is_suspect = std::cell::Cell::new(false);
             let leaving = dirty.extract_if(.., |f| {
-                let entry = index.entries.get_marking(&f.name, &mut marks);
-                indexed += usize::from(entry.is_some());
-                let confirmed = entry.filter(|e| !e.pending && !evicted.contains(&f.name));
-                if confirmed.is_some_and(|e| known.get(f) == Some(e.hash)) {
+                let class = classes.next().unwrap_or(Class::Dirty);
+                if class == Class::Clean {
                     leaving_is_suspect.set(false);
                     return true;
                 }
-                if let Some(e) = entry {
+                if let Some(e) = index.entries.get(&f.name) {
                     previous.insert(f.name.clone(), *e);
                 }
-                leaving_is_suspect.set(confirmed.is_some());
-                confirmed.is_some()
+                leaving_is_suspect.set(class == Class::Suspect);
+                class == Class::Suspect
             });
             for f in leaving {
                 if leaving_is_suspect.get() {
@@ -470,6 +472,71 @@ const MAX_EXPANDED_FILES: usize = 50_000;
 
 /// Index entries whose file `scan` did not find (left unmarked in `marks` by the comparison),
 /// outside the parts of the tree it could not read.
+/// What a warm does with a scanned file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    /// The index confirms the hash the fingerprint vouches for, and the entry exists: nothing.
+    Clean,
+    /// The entry holds the index's hash but the fingerprint changed: hash, write if changed.
+    Suspect,
+    /// New, pending, evicted: write.
+    Dirty,
+}
+
+/// Files below this many are classified on one thread.
+const CLASSIFY_PER_THREAD: usize = 16_384;
+
+/// The class of each of `files`, in order, with the index entries they matched and how many
+/// did; parts of the list are classified on every core.
+fn classify(
+    files: &[SourceFile],
+    entries: &IndexEntries,
+    evicted: &FastSet<String>,
+    known: &KnownHashes<'_>,
+) -> (Vec<Class>, Marks, usize) {
+    let one = |part: &[SourceFile]| {
+        let mut marks = entries.marks();
+        let mut indexed = 0;
+        let classes: Vec<Class> = part
+            .iter()
+            .map(|f| {
+                let entry = entries.get_marking(&f.name, &mut marks);
+                indexed += usize::from(entry.is_some());
+                match entry.filter(|e| !e.pending && !evicted.contains(&f.name)) {
+                    Some(e) if known.get(f) == Some(e.hash) => Class::Clean,
+                    Some(_) => Class::Suspect,
+                    None => Class::Dirty,
+                }
+            })
+            .collect();
+        (classes, marks, indexed)
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 8));
+    let chunk = files.len().div_ceil(threads).max(CLASSIFY_PER_THREAD);
+    if files.len() <= chunk {
+        return one(files);
+    }
+    std::thread::scope(|scope| {
+        let others: Vec<_> = files[chunk..]
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || one(part)))
+            .collect();
+        let (mut classes, mut marks, mut indexed) = one(&files[..chunk]);
+        for other in others {
+            match other.join() {
+                Ok((c, m, n)) => {
+                    classes.extend(c);
+                    marks.absorb(&m);
+                    indexed += n;
+                }
+                // A lookup that panicked is a bug: surface it as the panic it was.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        (classes, marks, indexed)
+    })
+}
+
 fn orphans(scan: &crate::source::scan::Scan, index: &IndexSnapshot, marks: &Marks) -> Vec<String> {
     let unknown = scan.unknown();
     let mut gone: Vec<String> = index

@@ -153,6 +153,15 @@ impl IndexEntries {
 #[derive(Clone, Debug, Default)]
 pub struct Marks(Vec<bool>);
 
+impl Marks {
+    /// Adds the marks of `other` (another part of the same pass over the same entries).
+    pub fn absorb(&mut self, other: &Marks) {
+        for (mine, theirs) in self.0.iter_mut().zip(&other.0) {
+            *mine |= *theirs;
+        }
+    }
+}
+
 fn name_of<'a>(names: &'a str, slot: &Slot) -> &'a str {
     names
         .get(slot.start..slot.start + slot.len as usize)

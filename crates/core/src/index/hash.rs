@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use super::{IndexChanges, IndexEntry, IndexSnapshot};
+use super::{IndexChanges, IndexEntries, IndexEntry, IndexSnapshot};
 use crate::backend::{Cache, Fence};
 use crate::collections::FastMap;
 use crate::error::Result;
@@ -34,10 +34,20 @@ pub fn decode_value(v: &[u8]) -> Option<IndexEntry> {
     })
 }
 
+/// The most entries an index is sized for before its pages arrive (a hint from the server is
+/// not allowed to reserve unbounded memory).
+const MAX_PRESIZE: usize = 16 << 20;
+
 /// Reads every field; malformed fields are reported in [`IndexSnapshot::lost`].
 pub async fn load(cache: &Cache, ns: &Namespace) -> Result<Option<IndexSnapshot>> {
     let key = ns.index_root_key();
     let mut snap = IndexSnapshot::default();
+    // Sized up front where the backend tells the field count: no regrowth of a million
+    // entries while the pages come. Only a hint: a failure here is the scan's to report.
+    if let Ok(Some(n)) = cache.hash_len(&key).await {
+        let n = usize::try_from(n).unwrap_or(0).min(MAX_PRESIZE);
+        snap.entries = IndexEntries::with_capacity(n);
+    }
     let mut cursor = 0;
     let mut any = false;
     loop {

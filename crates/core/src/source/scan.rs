@@ -561,6 +561,21 @@ pub fn probe(root: &Path, name: &str, config: &SourceConfig, filter: &Filter) ->
 
 /// The `/`-separated name of `path` under `root`, or an error if it is not valid UTF-8.
 pub fn template_name(root: &Path, path: &Path) -> Result<String> {
+    // A walked path is the root, '/', then the name itself: taken as is when it is a valid
+    // name (the walk's hot path); anything else goes component by component below.
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let (root_bytes, path_bytes) = (root.as_os_str().as_bytes(), path.as_os_str().as_bytes());
+        if let Some(rel) = path_bytes
+            .strip_prefix(root_bytes)
+            .and_then(|rest| rest.strip_prefix(b"/"))
+            && let Ok(name) = std::str::from_utf8(rel)
+            && crate::format::key::validate_name(name).is_ok()
+        {
+            return Ok(name.to_owned());
+        }
+    }
     let rel = path.strip_prefix(root).map_err(|_| {
         Error::new(
             ErrorKind::Io,
@@ -615,6 +630,30 @@ pub fn path_of(root: &Path, name: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn template_names_are_the_path_under_the_root() {
+        let root = Path::new("/srv/tpl");
+        let name = |p: &str| template_name(root, Path::new(p));
+        assert_eq!(name("/srv/tpl/a.html").unwrap(), "a.html");
+        assert_eq!(name("/srv/tpl/emails/x/y.txt").unwrap(), "emails/x/y.txt");
+        // Not as walked, but still the same name, component by component.
+        assert_eq!(name("/srv/tpl//emails/./y.txt").unwrap(), "emails/y.txt");
+        assert!(name("/srv/tpl").is_err(), "the root is no template");
+        assert!(name("/srv/other/a.html").is_err());
+        assert!(
+            name("/srv/tplx/a.html").is_err(),
+            "a sibling sharing the prefix"
+        );
+        assert!(name("/srv/tpl/a\\b.html").is_err());
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let bad = std::ffi::OsStr::from_bytes(b"/srv/tpl/\xff.html");
+            let err = template_name(root, Path::new(bad)).unwrap_err();
+            assert!(err.to_string().contains("not valid UTF-8"), "{err}");
+        }
+    }
 
     fn write(root: &Path, name: &str, content: &str) {
         let p = root.join(name);
