@@ -391,22 +391,51 @@ fn compare<'a>(
     index: &IndexSnapshot,
     found: &mut Findings,
 ) -> Comparison<'a> {
+    /// What the index says of one file.
+    #[derive(Clone, Copy)]
+    enum Verdict {
+        /// Unreadable: already an error.
+        Unreadable,
+        /// The index holds the file's hash: confirm the entry exists.
+        Indexed,
+        /// The index holds another hash (quick mode): outdated without a fetch.
+        Outdated,
+        /// Fetch and verify the entry.
+        Fetch,
+    }
+    // The index lookups (cache misses at a million files) run on every core.
+    let (verdicts, marks) = super::lookups::on_every_core(
+        &scan.files,
+        || index.entries.marks(),
+        |marks, i, f| {
+            let entry = index.entries.get_marking(&f.name, marks);
+            let Some(h) = hashes[i] else {
+                return Verdict::Unreadable;
+            };
+            match entry {
+                Some(e) if mode == CheckMode::Quick && !e.pending && e.hash == h => {
+                    Verdict::Indexed
+                }
+                Some(e) if mode == CheckMode::Quick && !e.pending => Verdict::Outdated,
+                _ => Verdict::Fetch,
+            }
+        },
+    );
+    let mut marks = marks.into_iter();
     let mut cmp = Comparison {
         exist_check: Vec::new(),
         fetch: Vec::new(),
-        marks: index.entries.marks(),
+        marks: marks.next().unwrap_or_default(),
     };
-    for (i, (f, h)) in scan.files.iter().zip(hashes).enumerate() {
-        let entry = index.entries.get_marking(&f.name, &mut cmp.marks);
-        let Some(h) = *h else {
-            continue; // unreadable: already an error
-        };
-        match entry {
-            Some(e) if mode == CheckMode::Quick && !e.pending && e.hash == h => {
-                cmp.exist_check.push(f)
-            }
-            Some(e) if mode == CheckMode::Quick && !e.pending => found.rewrite(Kind::Outdated, f),
-            _ => cmp.fetch.push(i),
+    for m in marks {
+        cmp.marks.absorb(&m);
+    }
+    for (i, (f, verdict)) in scan.files.iter().zip(verdicts).enumerate() {
+        match verdict {
+            Verdict::Unreadable => {}
+            Verdict::Indexed => cmp.exist_check.push(f),
+            Verdict::Outdated => found.rewrite(Kind::Outdated, f),
+            Verdict::Fetch => cmp.fetch.push(i),
         }
     }
     cmp

@@ -9,6 +9,7 @@
 pub mod check;
 mod drops;
 pub mod lease;
+mod lookups;
 pub(crate) mod phases;
 pub(crate) mod pipeline;
 mod plan;

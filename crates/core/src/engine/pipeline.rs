@@ -429,18 +429,11 @@ impl Ctx {
     /// Hashes every file, reading only those whose fingerprint changed. Returns each file's
     /// hash (`None` where it could not be read), in the order of `files`, and the failures.
     pub async fn hash_all(&self, files: &[SourceFile]) -> (Vec<Option<ContentHash>>, Vec<Failure>) {
-        let mut hashes = Vec::with_capacity(files.len());
-        let mut to_read: Vec<usize> = Vec::new();
-        {
+        let mut hashes = {
             let known = self.source.known_hashes();
-            for (i, f) in files.iter().enumerate() {
-                let h = known.get(f);
-                if h.is_none() {
-                    to_read.push(i);
-                }
-                hashes.push(h);
-            }
-        }
+            super::lookups::on_every_core(files, || (), |(), _, f| known.get(f)).0
+        };
+        let to_read: Vec<usize> = (0..files.len()).filter(|&i| hashes[i].is_none()).collect();
         let groups = batches(
             to_read,
             self.throttle.batch_max_templates,

@@ -483,58 +483,34 @@ enum Class {
     Dirty,
 }
 
-/// Files below this many are classified on one thread.
-const CLASSIFY_PER_THREAD: usize = 16_384;
-
 /// The class of each of `files`, in order, with the index entries they matched and how many
-/// did; parts of the list are classified on every core.
+/// did (looked up on every core).
 fn classify(
     files: &[SourceFile],
     entries: &IndexEntries,
     evicted: &FastSet<String>,
     known: &KnownHashes<'_>,
 ) -> (Vec<Class>, Marks, usize) {
-    let one = |part: &[SourceFile]| {
-        let mut marks = entries.marks();
-        let mut indexed = 0;
-        let classes: Vec<Class> = part
-            .iter()
-            .map(|f| {
-                let entry = entries.get_marking(&f.name, &mut marks);
-                indexed += usize::from(entry.is_some());
-                match entry.filter(|e| !e.pending && !evicted.contains(&f.name)) {
-                    Some(e) if known.get(f) == Some(e.hash) => Class::Clean,
-                    Some(_) => Class::Suspect,
-                    None => Class::Dirty,
-                }
-            })
-            .collect();
-        (classes, marks, indexed)
-    };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 8));
-    let chunk = files.len().div_ceil(threads).max(CLASSIFY_PER_THREAD);
-    if files.len() <= chunk {
-        return one(files);
-    }
-    std::thread::scope(|scope| {
-        let others: Vec<_> = files[chunk..]
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || one(part)))
-            .collect();
-        let (mut classes, mut marks, mut indexed) = one(&files[..chunk]);
-        for other in others {
-            match other.join() {
-                Ok((c, m, n)) => {
-                    classes.extend(c);
-                    marks.absorb(&m);
-                    indexed += n;
-                }
-                // A lookup that panicked is a bug: surface it as the panic it was.
-                Err(panic) => std::panic::resume_unwind(panic),
+    let (classes, states) = super::lookups::on_every_core(
+        files,
+        || (entries.marks(), 0usize),
+        |(marks, indexed), _, f| {
+            let entry = entries.get_marking(&f.name, marks);
+            *indexed += usize::from(entry.is_some());
+            match entry.filter(|e| !e.pending && !evicted.contains(&f.name)) {
+                Some(e) if known.get(f) == Some(e.hash) => Class::Clean,
+                Some(_) => Class::Suspect,
+                None => Class::Dirty,
             }
-        }
-        (classes, marks, indexed)
-    })
+        },
+    );
+    let mut states = states.into_iter();
+    let (mut marks, mut indexed) = states.next().unwrap_or_default();
+    for (m, n) in states {
+        marks.absorb(&m);
+        indexed += n;
+    }
+    (classes, marks, indexed)
 }
 
 fn orphans(scan: &crate::source::scan::Scan, index: &IndexSnapshot, marks: &Marks) -> Vec<String> {
