@@ -227,11 +227,10 @@ impl Checker {
         }
     }
 
-    /// Fetches and verifies the entries of `files`, a window of chunks at a time: each value is
-    /// dropped once verified, so a deep check holds no more content than its batches in flight.
-    /// Verified content that the index does not describe becomes an index fix-up.
     /// Fetches the entries of `files[i]` for each `i` in `fetch` and verifies each against the
-    /// file's hash (`hashes[i]`).
+    /// file's hash (`hashes[i]`), a window of chunks at a time: each value is dropped once
+    /// verified, so a deep check holds no more content than its batches in flight. Verified
+    /// content that the index does not describe becomes an index fix-up.
     async fn verify(
         &self,
         files: &[SourceFile],
