@@ -562,12 +562,17 @@ async fn a_unit_whose_index_mark_fails_is_reported_and_left_unwritten() {
     cfg.throttle.batch_max_templates = 64;
     let ns = cfg.namespace.clone();
 
+    // Index updates that include `name` are refused.
+    let refuse_updates_of = |name: &String| {
+        let name = name.clone();
+        move |op: &str, fields: &[String]| {
+            (op == "hash_update" && fields.contains(&name))
+                .then(|| Error::new(ErrorKind::Io, "index refused"))
+        }
+    };
+
     // The first mark failing fails the run before anything is written.
-    let first = names[10].clone();
-    m.set_fault(move |op, fields| {
-        (op == "hash_update" && fields.contains(&first))
-            .then(|| Error::new(ErrorKind::Io, "index refused"))
-    });
+    m.set_fault(refuse_updates_of(&names[10]));
     let err = Warmer::new(m.clone(), cfg.clone())
         .unwrap()
         .run_once()
@@ -577,11 +582,7 @@ async fn a_unit_whose_index_mark_fails_is_reported_and_left_unwritten() {
     assert!(template_writes(&m, &ns).is_empty());
 
     // A later unit (names 2048.. of 64-template batches) failing fails that unit alone.
-    let later = names[3000].clone();
-    m.set_fault(move |op, fields| {
-        (op == "hash_update" && fields.contains(&later))
-            .then(|| Error::new(ErrorKind::Io, "index refused"))
-    });
+    m.set_fault(refuse_updates_of(&names[3000]));
     let r = Warmer::new(m.clone(), cfg.clone())
         .unwrap()
         .run_once()
