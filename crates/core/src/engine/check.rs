@@ -390,8 +390,8 @@ fn compare<'a>(
     index: &IndexSnapshot,
     found: &mut Findings,
 ) -> Comparison<'a> {
-    /// What the index says of one file.
-    #[derive(Clone, Copy)]
+    /// What the index says of one file (a fetch unless shown otherwise).
+    #[derive(Clone, Copy, Default)]
     enum Verdict {
         /// Unreadable: already an error.
         Unreadable,
@@ -400,6 +400,7 @@ fn compare<'a>(
         /// The index holds another hash (quick mode): outdated without a fetch.
         Outdated,
         /// Fetch and verify the entry.
+        #[default]
         Fetch,
     }
     // The index lookups (cache misses at a million files) run on every core.

@@ -5,7 +5,8 @@
 const PER_THREAD: usize = 16_384;
 
 /// Maps each of `items` (with its position) through `f`, in order, on every core. Each thread
-/// starts from its own `state()` (marks, counters), handed back with the results.
+/// starts from its own `state()` (marks, counters), handed back with the results. The results
+/// are written into one list sized up front: no part is held twice while they are gathered.
 pub(crate) fn on_every_core<T, S, R>(
     items: &[T],
     state: impl Fn() -> S + Sync,
@@ -14,43 +15,43 @@ pub(crate) fn on_every_core<T, S, R>(
 where
     T: Sync,
     S: Send,
-    R: Send,
+    R: Send + Default,
 {
-    let one = |offset: usize, part: &[T]| {
+    let mut out: Vec<R> = Vec::with_capacity(items.len());
+    out.resize_with(items.len(), R::default);
+    let one = |offset: usize, part: &[T], out: &mut [R]| {
         let mut s = state();
-        let out: Vec<R> = part
-            .iter()
-            .enumerate()
-            .map(|(i, item)| f(&mut s, offset + i, item))
-            .collect();
-        (out, s)
+        for (i, (item, slot)) in part.iter().zip(out).enumerate() {
+            *slot = f(&mut s, offset + i, item);
+        }
+        s
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 8));
     let chunk = items.len().div_ceil(threads).max(PER_THREAD);
     if items.len() <= chunk {
-        let (out, s) = one(0, items);
+        let s = one(0, items, &mut out);
         return (out, vec![s]);
     }
-    std::thread::scope(|scope| {
-        let others: Vec<_> = items[chunk..]
-            .chunks(chunk)
-            .enumerate()
-            .map(|(c, part)| scope.spawn(move || one((c + 1) * chunk, part)))
+    let states = std::thread::scope(|scope| {
+        let mut parts = items.chunks(chunk).zip(out.chunks_mut(chunk)).enumerate();
+        let Some((_, (first_items, first_out))) = parts.next() else {
+            return Vec::new();
+        };
+        let one = &one;
+        let others: Vec<_> = parts
+            .map(|(c, (part, out))| scope.spawn(move || one(c * chunk, part, out)))
             .collect();
-        let (mut out, first) = one(0, &items[..chunk]);
-        let mut states = vec![first];
+        let mut states = vec![one(0, first_items, first_out)];
         for other in others {
             match other.join() {
-                Ok((o, s)) => {
-                    out.extend(o);
-                    states.push(s);
-                }
+                Ok(s) => states.push(s),
                 // A lookup that panicked is a bug: surface it as the panic it was.
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         }
-        (out, states)
-    })
+        states
+    });
+    (out, states)
 }
 
 #[cfg(test)]

@@ -470,16 +470,15 @@ fn mib(bytes: u64) -> String {
 /// More files than this under new directories: a full run instead of reading them one by one.
 const MAX_EXPANDED_FILES: usize = 50_000;
 
-/// Index entries whose file `scan` did not find (left unmarked in `marks` by the comparison),
-/// outside the parts of the tree it could not read.
-/// What a warm does with a scanned file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a warm does with a scanned file (a write unless shown otherwise).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Class {
     /// The index confirms the hash the fingerprint vouches for, and the entry exists: nothing.
     Clean,
     /// The entry holds the index's hash but the fingerprint changed: hash, write if changed.
     Suspect,
     /// New, pending, evicted: write.
+    #[default]
     Dirty,
 }
 
@@ -513,6 +512,8 @@ fn classify(
     (classes, marks, indexed)
 }
 
+/// Index entries whose file `scan` did not find (left unmarked in `marks` by the comparison),
+/// outside the parts of the tree it could not read.
 fn orphans(scan: &crate::source::scan::Scan, index: &IndexSnapshot, marks: &Marks) -> Vec<String> {
     let unknown = scan.unknown();
     let mut gone: Vec<String> = index

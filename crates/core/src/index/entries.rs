@@ -1,6 +1,6 @@
 //! [`IndexEntries`]: the entries of an index by template name, held compactly: every name in
-//! one buffer, every entry in one vector, and a hash table of positions. About 64 bytes per
-//! entry plus its name, with no allocation per entry, where a `HashMap<String, IndexEntry>`
+//! one buffer, every entry in one vector, and a hash table of 4-byte positions. About 66 bytes
+//! per entry plus its name, with no allocation per entry, where a `HashMap<String, IndexEntry>`
 //! costs twice that at a million templates.
 
 use std::hash::BuildHasher;
@@ -10,13 +10,33 @@ use hashbrown::HashTable;
 use super::IndexEntry;
 use crate::collections::FastHasher;
 
-/// One entry and where its name lies in the names buffer.
+/// Bits of [`Slot::place`] holding the name's length; the bit above them flags a removed
+/// slot, and the rest hold where the name starts.
+const LEN_BITS: u32 = 23;
+const REMOVED: u64 = 1 << LEN_BITS;
+const START_SHIFT: u32 = LEN_BITS + 1;
+/// The longest name a slot can hold (8 MiB: far beyond any path a scan accepts).
+const MAX_NAME: usize = (1 << LEN_BITS) - 1;
+/// The furthest a name can start in the buffer (1 TiB).
+const MAX_START: usize = (1 << (64 - START_SHIFT)) - 1;
+
+/// One entry and where its name lies in the names buffer: 56 bytes.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
-    start: usize,
-    len: u32,
-    removed: bool,
     entry: IndexEntry,
+    /// Start (high bits), removed flag, length (low [`LEN_BITS`] bits).
+    place: u64,
+}
+
+impl Slot {
+    fn range(&self) -> std::ops::Range<usize> {
+        let start = (self.place >> START_SHIFT) as usize;
+        start..start + (self.place & MAX_NAME as u64) as usize
+    }
+
+    fn removed(&self) -> bool {
+        self.place & REMOVED != 0
+    }
 }
 
 /// Index entries by template name: a compact map (see the module documentation).
@@ -24,7 +44,7 @@ struct Slot {
 pub struct IndexEntries {
     names: String,
     slots: Vec<Slot>,
-    table: HashTable<usize>,
+    table: HashTable<u32>,
     hasher: FastHasher,
     removed: usize,
 }
@@ -54,7 +74,7 @@ impl IndexEntries {
         let hash = self.hasher.hash_one(name);
         self.table
             .find(hash, |&i| self.name_at(i) == name)
-            .map(|&i| &self.slots[i].entry)
+            .map(|&i| &self.slots[i as usize].entry)
     }
 
     /// Whether it holds `name`.
@@ -68,25 +88,25 @@ impl IndexEntries {
         let (names, slots) = (&self.names, &mut self.slots);
         if let Some(&i) = self
             .table
-            .find(hash, |&i| name_of(names, &slots[i]) == name)
+            .find(hash, |&i| name_of(names, &slots[i as usize]) == name)
         {
-            return Some(std::mem::replace(&mut slots[i].entry, entry));
+            return Some(std::mem::replace(&mut slots[i as usize].entry, entry));
         }
-        let Ok(len) = u32::try_from(name.len()) else {
-            // No template name comes near 4 GiB (the scan refuses long paths long before).
-            return None;
+        let (start, Ok(i)) = (self.names.len(), u32::try_from(slots.len())) else {
+            return None; // over 4 billion entries: no index comes near
         };
-        let i = slots.len();
+        if name.len() > MAX_NAME || start > MAX_START {
+            return None; // no template name comes near (the scan refuses long paths first)
+        }
         slots.push(Slot {
-            start: self.names.len(),
-            len,
-            removed: false,
             entry,
+            place: ((start as u64) << START_SHIFT) | name.len() as u64,
         });
         self.names.push_str(name);
         let (names, slots, hasher) = (&self.names, &self.slots, &self.hasher);
-        self.table
-            .insert_unique(hash, i, |&j| hasher.hash_one(name_of(names, &slots[j])));
+        self.table.insert_unique(hash, i, |&j| {
+            hasher.hash_one(name_of(names, &slots[j as usize]))
+        });
         None
     }
 
@@ -97,12 +117,13 @@ impl IndexEntries {
         let (names, slots) = (&self.names, &self.slots);
         let found = self
             .table
-            .find_entry(hash, |&i| name_of(names, &slots[i]) == name)
+            .find_entry(hash, |&i| name_of(names, &slots[i as usize]) == name)
             .ok()?;
         let (i, _) = found.remove();
-        self.slots[i].removed = true;
+        let slot = &mut self.slots[i as usize];
+        slot.place |= REMOVED;
         self.removed += 1;
-        Some(self.slots[i].entry)
+        Some(slot.entry)
     }
 
     /// Every name, in insertion order.
@@ -114,7 +135,7 @@ impl IndexEntries {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &IndexEntry)> {
         self.slots
             .iter()
-            .filter(|s| !s.removed)
+            .filter(|s| !s.removed())
             .map(|s| (name_of(&self.names, s), &s.entry))
     }
 
@@ -128,7 +149,7 @@ impl IndexEntries {
     /// with no set of the other side's names.
     pub fn get_marking(&self, name: &str, marks: &mut Marks) -> Option<&IndexEntry> {
         let hash = self.hasher.hash_one(name);
-        let &i = self.table.find(hash, |&i| self.name_at(i) == name)?;
+        let i = *self.table.find(hash, |&i| self.name_at(i) == name)? as usize;
         if let Some(m) = marks.0.get_mut(i) {
             *m = true;
         }
@@ -140,12 +161,12 @@ impl IndexEntries {
         self.slots
             .iter()
             .enumerate()
-            .filter(|(i, s)| !s.removed && !marks.0.get(*i).copied().unwrap_or(false))
+            .filter(|(i, s)| !s.removed() && !marks.0.get(*i).copied().unwrap_or(false))
             .map(|(_, s)| name_of(&self.names, s))
     }
 
-    fn name_at(&self, i: usize) -> &str {
-        name_of(&self.names, &self.slots[i])
+    fn name_at(&self, i: u32) -> &str {
+        name_of(&self.names, &self.slots[i as usize])
     }
 }
 
@@ -163,9 +184,7 @@ impl Marks {
 }
 
 fn name_of<'a>(names: &'a str, slot: &Slot) -> &'a str {
-    names
-        .get(slot.start..slot.start + slot.len as usize)
-        .unwrap_or_default()
+    names.get(slot.range()).unwrap_or_default()
 }
 
 impl std::fmt::Debug for IndexEntries {
@@ -235,6 +254,21 @@ mod tests {
             .into_iter()
             .collect();
         assert_eq!(m, same);
+    }
+
+    #[test]
+    fn slots_stay_small_and_hold_long_names() {
+        assert_eq!(std::mem::size_of::<Slot>(), 56);
+        let mut m = IndexEntries::default();
+        let long = "d/".repeat(2000) + "x.html";
+        assert_eq!(m.insert(&long, entry(1)), None);
+        assert_eq!(m.insert("after", entry(2)), None);
+        assert_eq!(
+            (m.get(&long), m.get("after")),
+            (Some(&entry(1)), Some(&entry(2)))
+        );
+        assert_eq!(m.remove(&long), Some(entry(1)));
+        assert_eq!(m.keys().collect::<Vec<_>>(), ["after"]);
     }
 
     proptest! {
