@@ -23,7 +23,8 @@ use crate::format::record::Record;
 use crate::history::Recorder;
 use crate::index::{IndexEntry, IndexSnapshot, Marks};
 use crate::source::Source;
-use crate::source::scan::{Scan, SourceFile};
+use crate::source::files::Files;
+use crate::source::scan::{FileList, FileRef, Scan};
 
 /// Compares a template tree with a cache namespace; [`Self::resolve`] repairs the differences.
 #[derive(Debug)]
@@ -41,9 +42,9 @@ struct Findings {
 
 impl Findings {
     /// A template whose entry must be (re)written from its file.
-    fn rewrite(&mut self, kind: Kind, file: &SourceFile) {
-        self.list(kind).push(file.name.clone());
-        self.plan.write.push((kind, file.clone()));
+    fn rewrite(&mut self, kind: Kind, file: FileRef<'_>) {
+        self.list(kind).push(file.name.to_owned());
+        self.plan.write.push((kind, file.to_owned()));
     }
 
     /// An entry to delete: an orphan (listed by name) or an unreadable entry (listed by key).
@@ -68,9 +69,10 @@ impl Findings {
 }
 
 /// Files the index cannot vouch for alone, split by what confirming them takes.
-struct Comparison<'a> {
-    /// The index holds the file's hash: only the entry's existence needs confirming.
-    exist_check: Vec<&'a SourceFile>,
+struct Comparison {
+    /// Positions (in the scan) of files whose index entry holds the file's hash: only the
+    /// entry's existence needs confirming.
+    exist_check: Vec<usize>,
     /// Positions (in the scan, and in its hashes) of files whose entry must be fetched and
     /// verified against the file's hash (deep mode, pending or unindexed templates).
     fetch: Vec<usize>,
@@ -158,7 +160,8 @@ impl Checker {
 
         let cmp = compare(mode, &scan, &hashes, &index, &mut found);
         phases.done("compare", scan.files.len());
-        self.confirm_existence(&cmp.exist_check, &mut found).await;
+        self.confirm_existence(&scan.files, &cmp.exist_check, &mut found)
+            .await;
         phases.done("existence check", cmp.exist_check.len());
         self.verify(&scan.files, &hashes, &cmp.fetch, &index, &mut found)
             .await;
@@ -205,24 +208,24 @@ impl Checker {
     }
 
     /// Confirms that the entries of files the index vouches for still exist.
-    async fn confirm_existence(&self, files: &[&SourceFile], found: &mut Findings) {
+    async fn confirm_existence(&self, files: &FileList, at: &[usize], found: &mut Findings) {
         let ns = &self.ctx.namespace;
-        self.ctx.phase("checking", files.len());
+        self.ctx.phase("checking", at.len());
         let results = self
             .ctx
-            .exists_chunked_by(files.len(), |i| ns.key_for(&files[i].name), true, true)
+            .exists_chunked_by(at.len(), |i| ns.key_for(files.name_at(at[i])), true, true)
             .await;
         for (range, r) in results {
-            let files = &files[range];
+            let at = &at[range];
             match r {
                 Ok(exists) => {
-                    for (f, ok) in files.iter().zip(exists) {
+                    for (&i, ok) in at.iter().zip(exists) {
                         if !ok {
-                            found.rewrite(Kind::Missing, f);
+                            found.rewrite(Kind::Missing, files.at(i));
                         }
                     }
                 }
-                Err(e) => found.errors(chunk_failures(&names(files), &e)),
+                Err(e) => found.errors(chunk_failures(&names(files, at), &e)),
             }
         }
     }
@@ -233,7 +236,7 @@ impl Checker {
     /// content that the index does not describe becomes an index fix-up.
     async fn verify(
         &self,
-        files: &[SourceFile],
+        files: &FileList,
         hashes: &[Option<ContentHash>],
         fetch: &[usize],
         index: &IndexSnapshot,
@@ -241,10 +244,10 @@ impl Checker {
     ) {
         let ctx = &self.ctx;
         ctx.phase("verifying", fetch.len());
-        let key_of = |i: usize| ctx.namespace.key_for(&files[fetch[i]].name);
+        let key_of = |i: usize| ctx.namespace.key_for(files.name_at(fetch[i]));
         // A record weighs about its file plus its name and a header.
         let size_of = |i: usize| {
-            let f = &files[fetch[i]];
+            let f = files.at(fetch[i]);
             f.fingerprint.size as usize + f.name.len() + 64
         };
         ctx.get_each(fetch.len(), key_of, size_of, |range, r| {
@@ -252,16 +255,15 @@ impl Checker {
             let values = match r {
                 Ok(v) => v,
                 Err(e) => {
-                    let names: Vec<String> = chunk.iter().map(|&i| files[i].name.clone()).collect();
-                    found.errors(chunk_failures(&names, &e));
+                    found.errors(chunk_failures(&names(files, chunk), &e));
                     return;
                 }
             };
             for (&i, value) in chunk.iter().zip(values) {
-                let (f, Some(h)) = (&files[i], hashes[i]) else {
+                let (f, Some(h)) = (files.at(i), hashes[i]) else {
                     continue; // unreadable files are never fetched
                 };
-                let kind = match value.map(|v| verify(&v, &f.name)) {
+                let kind = match value.map(|v| verify(&v, f.name)) {
                     None => Kind::Missing,
                     Some(Err(_)) => Kind::Corrupt,
                     Some(Ok(rec_hash)) if rec_hash != h => Kind::Outdated,
@@ -271,8 +273,8 @@ impl Checker {
                             size: f.fingerprint.size,
                             pending: false,
                         };
-                        if index.entries.get(&f.name) != Some(&e) {
-                            found.plan.index_fixups.push((f.name.clone(), e));
+                        if index.entries.get(f.name) != Some(&e) {
+                            found.plan.index_fixups.push((f.name.to_owned(), e));
                         }
                         continue;
                     }
@@ -311,7 +313,7 @@ impl Checker {
         // Only a listing needs every known key: held as the name hashes that keys carry
         // (16 bytes each, sorted), not as key strings; the listing comes a page at a time.
         let indexed = IdSet::new(index.entries.keys().map(name_id));
-        let files = IdSet::new(scan.files.iter().map(|f| name_id(&f.name)));
+        let files = IdSet::new(scan.files.iter().map(|f| name_id(f.name)));
         let prefix = ns.prefix();
         ctx.phase_unknown_total("listing");
         let listing = std::sync::Mutex::new((0usize, Vec::new()));
@@ -383,13 +385,13 @@ impl Checker {
 ///
 /// Every scanned file marks its index entry, readable or not: an unreadable file still exists,
 /// so its entry is never an orphan.
-fn compare<'a>(
+fn compare(
     mode: CheckMode,
-    scan: &'a Scan,
+    scan: &Scan,
     hashes: &[Option<ContentHash>],
     index: &IndexSnapshot,
     found: &mut Findings,
-) -> Comparison<'a> {
+) -> Comparison {
     /// What the index says of one file (a fetch unless shown otherwise).
     #[derive(Clone, Copy, Default)]
     enum Verdict {
@@ -405,10 +407,10 @@ fn compare<'a>(
     }
     // The index lookups (cache misses at a million files) run on every core.
     let (verdicts, marks) = super::lookups::on_every_core(
-        &scan.files,
+        scan.files.len(),
         || index.entries.marks(),
-        |marks, i, f| {
-            let entry = index.entries.get_marking(&f.name, marks);
+        |marks, i| {
+            let entry = index.entries.get_marking(scan.files.name_at(i), marks);
             let Some(h) = hashes[i] else {
                 return Verdict::Unreadable;
             };
@@ -430,11 +432,11 @@ fn compare<'a>(
     for m in marks {
         cmp.marks.absorb(&m);
     }
-    for (i, (f, verdict)) in scan.files.iter().zip(verdicts).enumerate() {
+    for (i, verdict) in verdicts.into_iter().enumerate() {
         match verdict {
             Verdict::Unreadable => {}
-            Verdict::Indexed => cmp.exist_check.push(f),
-            Verdict::Outdated => found.rewrite(Kind::Outdated, f),
+            Verdict::Indexed => cmp.exist_check.push(i),
+            Verdict::Outdated => found.rewrite(Kind::Outdated, scan.files.at(i)),
             Verdict::Fetch => cmp.fetch.push(i),
         }
     }
@@ -465,8 +467,9 @@ fn id_of(h: &ContentHash) -> u128 {
     u128::from_le_bytes(first)
 }
 
-fn names(files: &[&SourceFile]) -> Vec<String> {
-    files.iter().map(|f| f.name.clone()).collect()
+/// The names of the files at positions `at`.
+fn names(files: &FileList, at: &[usize]) -> Vec<String> {
+    at.iter().map(|&i| files.name_at(i).to_owned()).collect()
 }
 
 fn record_outcome(rep: &CheckReport) {

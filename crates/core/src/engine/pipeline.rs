@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::format::key::{ContentHash, Namespace};
 use crate::format::record::Record;
 use crate::index::{IndexChanges, IndexEntry, IndexSnapshot};
+use crate::source::files::Files;
 use crate::source::scan::{Scan, SourceFile};
 use crate::source::{Loaded, Source};
 
@@ -428,17 +429,27 @@ impl Ctx {
 
     /// Hashes every file, reading only those whose fingerprint changed. Returns each file's
     /// hash (`None` where it could not be read), in the order of `files`, and the failures.
-    pub async fn hash_all(&self, files: &[SourceFile]) -> (Vec<Option<ContentHash>>, Vec<Failure>) {
+    pub async fn hash_all<F: Files + ?Sized>(
+        &self,
+        files: &F,
+    ) -> (Vec<Option<ContentHash>>, Vec<Failure>) {
         let mut hashes = {
             let known = self.source.known_hashes();
-            super::lookups::on_every_core(files, || (), |(), _, f| known.get(f)).0
+            super::lookups::on_every_core(
+                files.count(),
+                || (),
+                |(), i| known.get(files.name_at(i), files.fingerprint_at(i)),
+            )
+            .0
         };
-        let to_read: Vec<usize> = (0..files.len()).filter(|&i| hashes[i].is_none()).collect();
+        let to_read: Vec<usize> = (0..files.count())
+            .filter(|&i| hashes[i].is_none())
+            .collect();
         let groups = batches(
             to_read,
             self.throttle.batch_max_templates,
             self.throttle.batch_max_bytes,
-            |&i| files[i].fingerprint.size as usize,
+            |&i| files.fingerprint_at(i).size as usize,
         );
         let mut failed = Vec::new();
         self.phase("hashing", groups.iter().map(Vec::len).sum());
@@ -447,7 +458,7 @@ impl Ctx {
             .map(|g| async move {
                 let loaded = self
                     .source
-                    .load_many(g.iter().map(|&i| files[i].clone()).collect())
+                    .load_many(g.iter().map(|&i| files.owned_at(i)).collect())
                     .await;
                 (g, loaded)
             })
@@ -486,17 +497,17 @@ impl Ctx {
     /// When the first mark fails nothing is written and the run fails; a later unit whose mark
     /// fails is reported as failed, unwritten. Batches not started when `cancel` fires are not
     /// written (those already marked are left pending).
-    pub async fn write_files(
+    pub async fn write_files<F: Files>(
         &self,
-        files: Vec<SourceFile>,
+        files: F,
         previous: &FastMap<String, IndexEntry>,
         cancel: &CancellationToken,
     ) -> Result<WriteOutcome> {
         let mut out = WriteOutcome::default();
-        if files.is_empty() {
+        if files.count() == 0 {
             return Ok(out);
         }
-        let total = files.len();
+        let total = files.count();
         let unit = match self.cache.index_layout() {
             crate::backend::IndexLayout::Hash => INDEX_UPDATE_UNIT,
             crate::backend::IndexLayout::Sharded => usize::MAX,
@@ -505,13 +516,12 @@ impl Ctx {
             total,
             self.throttle.batch_max_templates.min(self.chunk()),
             self.throttle.batch_max_bytes,
-            |i| files[i].fingerprint.size as usize + files[i].name.len() + 64,
+            |i| files.fingerprint_at(i).size as usize + files.name_at(i).len() + 64,
         );
-        // Batches are moved out of `files` as the marker reaches them: no second list of files.
-        let mut remaining = files.into_iter();
+        // Batches are copied out of `files` as the marker reaches them: no second list of files.
         let mut groups = ranges
             .into_iter()
-            .map(move |r| remaining.by_ref().take(r.len()).collect::<Vec<_>>());
+            .map(move |r| r.map(|i| files.owned_at(i)).collect::<Vec<_>>());
         let first = take_unit(&mut groups, unit);
         self.update_index(&pending_marks(&first, previous)).await?;
         self.phase("writing", total);

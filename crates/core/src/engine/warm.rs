@@ -17,7 +17,8 @@ use crate::config::EngineConfig;
 use crate::error::Result;
 use crate::history::Recorder;
 use crate::index::{IndexEntries, IndexEntry, IndexSnapshot, Marks};
-use crate::source::scan::{Probe, SourceFile, compile_globs};
+use crate::source::files::Files;
+use crate::source::scan::{FileList, Probe, SourceFile, compile_globs};
 use crate::source::{KnownHashes, Source};
 
 /// Keeps a cache warm with the templates of one tree.
@@ -141,10 +142,10 @@ impl Warmer {
         // Suspect: the entry holds the index's hash but the fingerprint changed (touched, copied
         // again, checked out again): hash first, and write only if the content changed.
         let mut previous: FastMap<String, IndexEntry> = FastMap::default();
-        let mut suspect: Vec<SourceFile> = Vec::new();
         // What is to be written stays in the scan's own list, filtered in place: on a cold warm
         // (every file to write) there is never a second list of the tree.
         let mut dirty = std::mem::take(&mut scan.files);
+        let mut suspect = FileList::new(Arc::clone(dirty.root()));
         // The lookups (index entry, trusted hash: cache misses at a million files) run on every
         // core, read-only; the list is then filtered in one pass.
         let (classes, marks, indexed) = {
@@ -152,32 +153,23 @@ impl Warmer {
             let known = self.ctx.source.known_hashes();
             classify(&dirty, &index.entries, &evicted, &known)
         };
-        {
-            let mut classes = classes.into_iter();
-            // Clean and suspect files leave the list (moved, not copied); the flag says which.
-            let leaving_is_suspect = std::cell::Cell::new(false);
-            let leaving = dirty.extract_if(.., |f| {
-                let class = classes.next().unwrap_or(Class::Dirty);
-                if class == Class::Clean {
-                    leaving_is_suspect.set(false);
-                    return true;
-                }
-                if let Some(e) = index.entries.get(&f.name) {
-                    previous.insert(f.name.clone(), *e);
-                }
-                leaving_is_suspect.set(class == Class::Suspect);
-                class == Class::Suspect
-            });
-            for f in leaving {
-                if leaving_is_suspect.get() {
-                    suspect.push(f);
-                } else {
+        for (f, class) in dirty.iter().zip(&classes) {
+            match class {
+                Class::Clean => {
                     report.unchanged += 1;
+                    continue;
                 }
+                Class::Suspect => {
+                    suspect.push(f.name, *f.fingerprint);
+                }
+                Class::Dirty => {}
+            }
+            if let Some(e) = index.entries.get(f.name) {
+                previous.insert(f.name.to_owned(), *e);
             }
         }
-        // A rescan that writes little keeps little.
-        dirty.shrink_to_fit();
+        dirty.retain(|i, _| classes[i] == Class::Dirty);
+        drop(classes);
         if indexed < index.entries.len() {
             report.orphans = orphans(&scan, &index, &marks);
         }
@@ -189,25 +181,18 @@ impl Warmer {
             let (hashes, failed) = self.ctx.hash_all(&suspect).await;
             report.failed.extend(failed);
             // Per suspect: `Some(true)` unchanged, `Some(false)` changed, `None` unreadable.
-            let same: Vec<Option<bool>> = suspect
-                .iter()
-                .zip(&hashes)
-                .map(|(f, h)| {
-                    let h = (*h)?;
-                    Some(previous.get(&f.name).is_some_and(|e| e.hash == h))
-                })
-                .collect();
-            drop(hashes);
-            for (f, same) in suspect.into_iter().zip(same) {
-                match same {
+            for (f, h) in suspect.iter().zip(hashes) {
+                match h.map(|h| previous.get(f.name).is_some_and(|e| e.hash == h)) {
                     Some(true) => report.unchanged += 1,
-                    Some(false) => dirty.push(f),
+                    Some(false) => {
+                        dirty.push(f.name, *f.fingerprint);
+                    }
                     None => {} // unreadable: already reported as failed
                 }
             }
         }
         phases.done("hash", hashed_suspects);
-        dirty.sort_by_cached_key(|f| self.rank(&f.name));
+        dirty.sort_by_cached_key(|f| self.rank(f.name));
 
         // A cache smaller than the tree evicts while we write, and only the server knows: read
         // its eviction counter around the writes (not on a run with nothing to write).
@@ -485,19 +470,20 @@ enum Class {
 /// The class of each of `files`, in order, with the index entries they matched and how many
 /// did (looked up on every core).
 fn classify(
-    files: &[SourceFile],
+    files: &FileList,
     entries: &IndexEntries,
     evicted: &FastSet<String>,
     known: &KnownHashes<'_>,
 ) -> (Vec<Class>, Marks, usize) {
     let (classes, states) = super::lookups::on_every_core(
-        files,
+        files.len(),
         || (entries.marks(), 0usize),
-        |(marks, indexed), _, f| {
-            let entry = entries.get_marking(&f.name, marks);
+        |(marks, indexed), i| {
+            let (name, fingerprint) = (files.name_at(i), files.fingerprint_at(i));
+            let entry = entries.get_marking(name, marks);
             *indexed += usize::from(entry.is_some());
-            match entry.filter(|e| !e.pending && !evicted.contains(&f.name)) {
-                Some(e) if known.get(f) == Some(e.hash) => Class::Clean,
+            match entry.filter(|e| !e.pending && !evicted.contains(name)) {
+                Some(e) if known.get(name, fingerprint) == Some(e.hash) => Class::Clean,
                 Some(_) => Class::Suspect,
                 None => Class::Dirty,
             }

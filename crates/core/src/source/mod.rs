@@ -10,6 +10,7 @@ use bytes::Bytes;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::key::ContentHash;
 
+pub mod files;
 pub mod fingerprints;
 pub mod scan;
 
@@ -36,12 +37,12 @@ pub struct KnownHashes<'a> {
 }
 
 impl KnownHashes<'_> {
-    /// [`Source::known_hash`] of `file`.
-    pub fn get(&self, file: &SourceFile) -> Option<ContentHash> {
+    /// [`Source::known_hash`] of the file `name` with fingerprint `fingerprint`.
+    pub fn get(&self, name: &str, fingerprint: &Fingerprint) -> Option<ContentHash> {
         if self.checksum {
             return None;
         }
-        self.store.lookup(&file.name, &file.fingerprint)
+        self.store.lookup(name, fingerprint)
     }
 }
 
@@ -173,7 +174,7 @@ impl Source {
 
     /// The hash of `file` if it is known and its fingerprint is unchanged (never with `checksum`).
     pub fn known_hash(&self, file: &SourceFile) -> Option<ContentHash> {
-        self.known_hashes().get(file)
+        self.known_hashes().get(&file.name, &file.fingerprint)
     }
 
     /// The known hashes, for many lookups under one lock (see [`KnownHashes`]). Hold it only
@@ -270,7 +271,7 @@ impl Source {
             let ids: std::collections::HashSet<u128> = scan
                 .files
                 .iter()
-                .map(|f| FingerprintStore::id_of(&f.name))
+                .map(|f| FingerprintStore::id_of(f.name))
                 .collect();
             store.retain_ids(|id| ids.contains(&id));
         }

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
+pub use super::files::{FileList, FileRef};
+use super::files::{MAX_NAME, name_in};
 use crate::error::{Error, ErrorKind, Result};
 
 /// The default maximum template size: 1 MiB.
@@ -127,7 +129,7 @@ pub struct ScanFailure {
 #[derive(Debug, Default)]
 pub struct Scan {
     /// Files accepted as templates.
-    pub files: Vec<SourceFile>,
+    pub files: FileList,
     /// Files refused, each with its error.
     pub failures: Vec<ScanFailure>,
 }
@@ -235,8 +237,7 @@ pub fn scan_counting(config: &SourceConfig, filter: &Filter, found: &dyn Fn(u64)
     // Candidates go straight into the list of files (their fingerprints filled in by the stat
     // below, then the ones that fail or are not templates removed); the path of a file is
     // `root.join(name)`, built only where it is stat'ed.
-    let shared_root: Arc<Path> = Arc::from(root.as_path());
-    let mut files: Vec<SourceFile> = Vec::new();
+    let mut files = FileList::new(Arc::from(root.as_path()));
     let mut symlinks: Vec<bool> = Vec::new();
     // Siblings in name order. Their paths share everything up to the name, so comparing whole
     // paths as bytes orders them as their names (`sort_by_file_name` re-parses the path for
@@ -280,11 +281,14 @@ pub fn scan_counting(config: &SourceConfig, filter: &Filter, found: &dyn Fn(u64)
         if !filter.accepts(&name) {
             continue;
         }
-        files.push(SourceFile {
-            name,
-            root: Arc::clone(&shared_root),
-            fingerprint: UNSTATED,
-        });
+        if !files.push(&name, UNSTATED) {
+            let error = Error::new(
+                ErrorKind::Io,
+                format!("{name}: the path is over {MAX_NAME} bytes long"),
+            );
+            out.failures.push(ScanFailure { name, error });
+            continue;
+        }
         symlinks.push(symlink);
         if files.len().is_multiple_of(FOUND_STEP) {
             found(FOUND_STEP as u64);
@@ -299,8 +303,9 @@ pub fn scan_counting(config: &SourceConfig, filter: &Filter, found: &dyn Fn(u64)
         .clamp(1, 8);
     let chunk = files.len().div_ceil(threads).max(1024);
     type Outcomes = Vec<(usize, Result<Option<Fingerprint>>)>;
+    let (names, listed) = files.parts_mut();
     let checked: Vec<Option<Outcomes>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = files
+        let handles: Vec<_> = listed
             .chunks_mut(chunk)
             .zip(symlinks.chunks(chunk))
             .enumerate()
@@ -310,11 +315,12 @@ pub fn scan_counting(config: &SourceConfig, filter: &Filter, found: &dyn Fn(u64)
                     let mut outcomes = Vec::new();
                     let mut dirs = DirStat::new(root);
                     for (i, (file, symlink)) in part.iter_mut().zip(links).enumerate() {
-                        if !*symlink && let Some(fp) = dirs.regular_file(&file.name, config) {
+                        let name = name_in(names, file);
+                        if !*symlink && let Some(fp) = dirs.regular_file(name, config) {
                             file.fingerprint = fp;
                             continue;
                         }
-                        let path = root.join(&file.name);
+                        let path = root.join(name);
                         match accept_file(root, &path, *symlink, config) {
                             Ok(Some(fingerprint)) => file.fingerprint = fingerprint,
                             other => outcomes.push((c * chunk + i, other)),
@@ -343,14 +349,11 @@ pub fn scan_counting(config: &SourceConfig, filter: &Filter, found: &dyn Fn(u64)
     }
     if !outcomes.is_empty() || !panicked.is_empty() {
         let mut outcomes = outcomes.into_iter().peekable();
-        let mut i = 0;
-        files.retain_mut(|file| {
-            let at = i;
-            i += 1;
+        files.retain(|at, file| {
             // Files whose stat never reported (a scan thread that panicked) are failures of
             // their own, never silently absent: an absent file would look deleted.
             if panicked.iter().any(|r| r.contains(&at)) {
-                let name = std::mem::take(&mut file.name);
+                let name = file.name.to_owned();
                 out.failures.push(ScanFailure {
                     error: Error::new(
                         ErrorKind::Unexpected,
@@ -368,7 +371,7 @@ pub fn scan_counting(config: &SourceConfig, filter: &Filter, found: &dyn Fn(u64)
                 Some((_, Ok(_))) => false,
                 Some((_, Err(error))) => {
                     out.failures.push(ScanFailure {
-                        name: std::mem::take(&mut file.name),
+                        name: file.name.to_owned(),
                         error,
                     });
                     false
@@ -780,7 +783,7 @@ mod tests {
         cfg.include = vec!["**/*.html".into(), "*.html".into()];
         cfg.exclude = vec!["drafts/**".into()];
         let s = scan(&cfg, &Filter::new(&cfg).unwrap()).unwrap();
-        let names: Vec<_> = s.files.iter().map(|f| f.name.as_str()).collect();
+        let names: Vec<_> = s.files.iter().map(|f| f.name).collect();
         assert_eq!(names, ["a/x.html", "b.html"]);
         assert!(s.failures.is_empty());
     }
@@ -818,7 +821,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), dir.path().join("outdir")).unwrap();
         let cfg = SourceConfig::new(dir.path());
         let s = scan(&cfg, &Filter::new(&cfg).unwrap()).unwrap();
-        let names: Vec<_> = s.files.iter().map(|f| f.name.as_str()).collect();
+        let names: Vec<_> = s.files.iter().map(|f| f.name).collect();
         assert_eq!(names, ["alias.html", "ok.html"]);
         let failed: Vec<_> = s.failures.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(failed, ["leak.html", "outdir"]);
@@ -863,7 +866,7 @@ mod tests {
     #[test]
     fn unknown_prefixes_cover_their_subtrees_only() {
         let scan = Scan {
-            files: vec![],
+            files: FileList::default(),
             failures: vec![ScanFailure {
                 name: "secret".into(),
                 error: Error::new(ErrorKind::PermissionDenied, "secret: denied"),
@@ -905,7 +908,7 @@ mod tests {
         );
 
         // Swapped for a symlink that leads out between scan and read: refused.
-        let file = scan.files[0].clone();
+        let file = scan.files.at(0).to_owned();
         assert!(open_confined(&root, &file).is_ok());
         std::fs::remove_file(root.join("a.html")).unwrap();
         std::os::unix::fs::symlink(dir.path().join("outside.txt"), root.join("a.html")).unwrap();
