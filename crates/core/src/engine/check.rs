@@ -124,7 +124,7 @@ impl Checker {
         // The walk runs on the blocking pool while the index is read.
         let (scan, index) = tokio::join!(
             phases::timed("scan", ctx.scan()),
-            phases::timed("index read", ctx.load_index())
+            phases::timed("index read", ctx.load_index(false))
         );
         let scan = scan?;
         let (index, index_exists) = index?;
@@ -301,19 +301,38 @@ impl Checker {
         // What the scan could not see (an unreadable or vanished directory, a failed stat) may
         // still exist: nothing under it is ever an orphan.
         let unseen = scan.unknown();
-        for name in index.entries.unmarked(marks) {
-            if !unseen.covers(name) {
-                found.remove(Kind::Orphaned, Some(name.to_owned()), ns.key_for(name));
-            }
+        // The index was loaded without names: those of its unmatched entries are read again.
+        let unmatched = ctx.unmatched_names(&index.entries, marks).await?;
+        for name in unmatched.iter().filter(|n| !unseen.covers(n)) {
+            found.remove(Kind::Orphaned, Some(name.clone()), ns.key_for(name));
         }
         found.report.entries = index.entries.len();
         if !(list && ctx.cache.capabilities().list_keys) {
             return Ok(());
         }
         // Only a listing needs every known key: held as the name hashes that keys carry
-        // (16 bytes each, sorted), not as key strings; the listing comes a page at a time.
-        let indexed = IdSet::new(index.entries.keys().map(name_id));
-        let files = IdSet::new(scan.files.iter().map(|f| name_id(f.name)));
+        // (16 bytes each, sorted), not as key strings; the listing comes a page at a time. The
+        // indexed names are the scanned files the index holds and the unmatched ones.
+        let (indexed_files, _) = super::lookups::on_every_core(
+            scan.files.len(),
+            || (),
+            |(), i| index.entries.contains_key(scan.files.name_at(i)),
+        );
+        let (ids, _) = super::lookups::on_every_core(
+            scan.files.len(),
+            || (),
+            |(), i| name_id(scan.files.name_at(i)),
+        );
+        let indexed = IdSet::new(
+            ids.iter()
+                .zip(&indexed_files)
+                .filter(|(_, indexed)| **indexed)
+                .map(|(id, _)| *id)
+                .chain(unmatched.iter().map(|n| name_id(n))),
+        );
+        drop((indexed_files, unmatched));
+        // The list of ids becomes the set, in place.
+        let files = IdSet::new(ids.into_iter());
         let prefix = ns.prefix();
         ctx.phase_unknown_total("listing");
         let listing = std::sync::Mutex::new((0usize, Vec::new()));

@@ -219,17 +219,55 @@ impl Ctx {
         self.throttle.batch_max_templates.min(cap).max(1)
     }
 
-    /// Loads the index with retries; a namespace without one yields an empty snapshot.
-    pub async fn load_index(&self) -> Result<(IndexSnapshot, bool)> {
+    /// Loads the index with retries, with names or without ([`crate::index::load_without_names`]);
+    /// a namespace without one yields an empty snapshot.
+    pub async fn load_index(&self, names: bool) -> Result<(IndexSnapshot, bool)> {
         let (r, _) = self
             .retry
-            .run(|| crate::index::load(&self.cache, &self.namespace))
+            .run(|| async {
+                if names {
+                    crate::index::load(&self.cache, &self.namespace).await
+                } else {
+                    crate::index::load_without_names(&self.cache, &self.namespace).await
+                }
+            })
             .await;
         let r =
             r.map_err(|e| e.context(format!("reading the index of namespace {}", self.namespace)))?;
         Ok(match r {
             Some(s) => (s, true),
             None => (IndexSnapshot::default(), false),
+        })
+    }
+
+    /// The names of the entries of `entries` (loaded without names) that no scanned file
+    /// matched (unmarked in `marks`), read again from the index; none when every entry matched.
+    pub async fn unmatched_names(
+        &self,
+        entries: &crate::index::IndexEntries,
+        marks: &crate::index::Marks,
+    ) -> Result<Vec<String>> {
+        if entries.has_names() {
+            let mut names: Vec<String> = entries.unmarked(marks).map(str::to_owned).collect();
+            names.sort_unstable();
+            return Ok(names);
+        }
+        if entries.unmarked_count(marks) == 0 {
+            return Ok(Vec::new());
+        }
+        let (r, _) = self
+            .retry
+            .run(|| {
+                crate::index::names_where(&self.cache, &self.namespace, |n| {
+                    entries.is_unmarked(n, marks)
+                })
+            })
+            .await;
+        r.map_err(|e| {
+            e.context(format!(
+                "reading the names of unmatched entries of the index of namespace {}",
+                self.namespace
+            ))
         })
     }
 

@@ -171,7 +171,14 @@ impl Warmer {
         dirty.retain(|i, _| classes[i] == Class::Dirty);
         drop(classes);
         if indexed < index.entries.len() {
-            report.orphans = orphans(&scan, &index, &marks);
+            match self.ctx.unmatched_names(&index.entries, &marks).await {
+                Ok(mut names) => {
+                    let unknown = scan.unknown();
+                    names.retain(|n| !unknown.covers(n));
+                    report.orphans = names;
+                }
+                Err(e) => report.failed.push(Failure::new("(index)".into(), &e, 0)),
+            }
         }
         // `previous` holds the entries still needed.
         drop((scan, index, evicted, marks));
@@ -243,9 +250,10 @@ impl Warmer {
     /// longer exist, with the server's drop stamp read before checking ([`DropStamps`]): when it
     /// is the one the last verified warm saw, nothing was dropped and nothing is checked.
     async fn verified_index(&self) -> Result<(IndexSnapshot, FastSet<String>, Option<String>)> {
-        let (index, _) = phases::timed("index read", self.ctx.load_index()).await?;
         let mut evicted = FastSet::default();
         if !(self.verify_existing && self.ctx.cache.capabilities().evicts) {
+            // Compared with the scan only: no names needed.
+            let (index, _) = phases::timed("index read", self.ctx.load_index(false)).await?;
             return Ok((index, evicted, None));
         }
         let stamp = self
@@ -256,8 +264,11 @@ impl Warmer {
             tracing::info!(
                 "the server dropped nothing since the last verified warm: existence check skipped"
             );
+            let (index, _) = phases::timed("index read", self.ctx.load_index(false)).await?;
             return Ok((index, evicted, stamp));
         }
+        // The entries' keys are built from their names.
+        let (index, _) = phases::timed("index read", self.ctx.load_index(true)).await?;
         let names: Vec<&str> = index
             .entries
             .iter()
@@ -496,20 +507,6 @@ fn classify(
         indexed += n;
     }
     (classes, marks, indexed)
-}
-
-/// Index entries whose file `scan` did not find (left unmarked in `marks` by the comparison),
-/// outside the parts of the tree it could not read.
-fn orphans(scan: &crate::source::scan::Scan, index: &IndexSnapshot, marks: &Marks) -> Vec<String> {
-    let unknown = scan.unknown();
-    let mut gone: Vec<String> = index
-        .entries
-        .unmarked(marks)
-        .filter(|n| !unknown.covers(n))
-        .map(str::to_owned)
-        .collect();
-    gone.sort();
-    gone
 }
 
 /// Metrics of a completed warm run (names and meanings: `template_cache_observe::metrics`).

@@ -1,67 +1,102 @@
-//! [`IndexEntries`]: the entries of an index by template name, held compactly: every name in
-//! one buffer, every entry in one vector, and a hash table of 4-byte positions. About 66 bytes
-//! per entry plus its name, with no allocation per entry, where a `HashMap<String, IndexEntry>`
-//! costs twice that at a million templates.
-
-use std::hash::BuildHasher;
+//! [`IndexEntries`]: the entries of an index by template name, held compactly: every entry in
+//! one vector under a 128-bit id of its name, and a hash table of 4-byte positions. With names
+//! (every name in one buffer) that is about 82 bytes per entry plus its name; without names
+//! (what a comparison with a scan needs, see [`super::load_without_names`]) about 74 bytes,
+//! where a `HashMap<String, IndexEntry>` costs twice as much at a million templates.
 
 use hashbrown::HashTable;
+use xxhash_rust::xxh3::xxh3_128_with_seed;
 
 use super::IndexEntry;
-use crate::collections::FastHasher;
 
-/// Bits of [`Slot::place`] holding the name's length; the bit above them flags a removed
-/// slot, and the rest hold where the name starts.
-const LEN_BITS: u32 = 23;
-const REMOVED: u64 = 1 << LEN_BITS;
-const START_SHIFT: u32 = LEN_BITS + 1;
-/// The longest name a slot can hold (8 MiB: far beyond any path a scan accepts).
+/// Bits of a name's place holding its length; the rest hold where it starts.
+const LEN_BITS: u32 = 24;
+/// The longest name the map holds (16 MiB: far beyond any path a scan accepts).
 const MAX_NAME: usize = (1 << LEN_BITS) - 1;
 /// The furthest a name can start in the buffer (1 TiB).
-const MAX_START: usize = (1 << (64 - START_SHIFT)) - 1;
+const MAX_START: usize = (1 << (64 - LEN_BITS)) - 1;
 
-/// One entry and where its name lies in the names buffer: 56 bytes.
+/// One entry and the id of its name: 64 bytes.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     entry: IndexEntry,
-    /// Start (high bits), removed flag, length (low [`LEN_BITS`] bits).
-    place: u64,
+    id: u128,
 }
 
-impl Slot {
-    fn range(&self) -> std::ops::Range<usize> {
-        let start = (self.place >> START_SHIFT) as usize;
-        start..start + (self.place & MAX_NAME as u64) as usize
-    }
+/// The names of the entries, by slot.
+#[derive(Clone, Debug, Default)]
+struct Names {
+    buffer: String,
+    /// Start (high bits) and length (low [`LEN_BITS`] bits) of each slot's name.
+    places: Vec<u64>,
+}
 
-    fn removed(&self) -> bool {
-        self.place & REMOVED != 0
+impl Names {
+    fn get(&self, slot: usize) -> &str {
+        let Some(&place) = self.places.get(slot) else {
+            return "";
+        };
+        let start = (place >> LEN_BITS) as usize;
+        let end = start + (place & MAX_NAME as u64) as usize;
+        self.buffer.get(start..end).unwrap_or_default()
     }
 }
 
 /// Index entries by template name: a compact map (see the module documentation).
-#[derive(Clone, Default)]
+///
+/// Names are known by a 128-bit hash keyed with a seed drawn per map, so that no one can
+/// choose two names that collide. A map made [`Self::without_names`] answers lookups by name
+/// but cannot list its names: [`Self::keys`], [`Self::iter`] and [`Self::unmarked`] yield
+/// nothing, and [`Self::is_unmarked`] recognises unmatched names read again from the index.
+#[derive(Clone)]
 pub struct IndexEntries {
-    names: String,
     slots: Vec<Slot>,
     table: HashTable<u32>,
-    hasher: FastHasher,
-    removed: usize,
+    names: Option<Names>,
+    /// One flag per slot once any entry was removed (empty before).
+    removed: Vec<bool>,
+    removed_count: usize,
+    seed: u64,
+}
+
+impl Default for IndexEntries {
+    fn default() -> Self {
+        IndexEntries::with_capacity(0)
+    }
 }
 
 impl IndexEntries {
-    /// An empty map with room for `n` entries.
+    /// An empty map with room for `n` entries and their names.
     pub fn with_capacity(n: usize) -> Self {
+        let mut m = IndexEntries::without_names(n);
+        m.names = Some(Names {
+            buffer: String::new(),
+            places: Vec::with_capacity(n),
+        });
+        m
+    }
+
+    /// An empty map with room for `n` entries that keeps no names (see the type's
+    /// documentation).
+    pub fn without_names(n: usize) -> Self {
         IndexEntries {
             slots: Vec::with_capacity(n),
             table: HashTable::with_capacity(n),
-            ..Default::default()
+            names: None,
+            removed: Vec::new(),
+            removed_count: 0,
+            seed: fastrand::u64(..),
         }
+    }
+
+    /// Whether it keeps names (made by [`Self::with_capacity`] or [`Default`]).
+    pub fn has_names(&self) -> bool {
+        self.names.is_some()
     }
 
     /// How many names it holds.
     pub fn len(&self) -> usize {
-        self.slots.len() - self.removed
+        self.slots.len() - self.removed_count
     }
 
     /// Whether it holds no name.
@@ -69,12 +104,20 @@ impl IndexEntries {
         self.len() == 0
     }
 
+    fn id_of(&self, name: &str) -> u128 {
+        xxh3_128_with_seed(name.as_bytes(), self.seed)
+    }
+
+    fn find(&self, id: u128) -> Option<usize> {
+        let slots = &self.slots;
+        self.table
+            .find(id as u64, |&i| slots[i as usize].id == id)
+            .map(|&i| i as usize)
+    }
+
     /// The entry of `name`.
     pub fn get(&self, name: &str) -> Option<&IndexEntry> {
-        let hash = self.hasher.hash_one(name);
-        self.table
-            .find(hash, |&i| self.name_at(i) == name)
-            .map(|&i| &self.slots[i as usize].entry)
+        self.find(self.id_of(name)).map(|i| &self.slots[i].entry)
     }
 
     /// Whether it holds `name`.
@@ -84,59 +127,69 @@ impl IndexEntries {
 
     /// Sets the entry of `name`, returning the previous one.
     pub fn insert(&mut self, name: &str, entry: IndexEntry) -> Option<IndexEntry> {
-        let hash = self.hasher.hash_one(name);
-        let (names, slots) = (&self.names, &mut self.slots);
-        if let Some(&i) = self
-            .table
-            .find(hash, |&i| name_of(names, &slots[i as usize]) == name)
-        {
-            return Some(std::mem::replace(&mut slots[i as usize].entry, entry));
+        let id = self.id_of(name);
+        if let Some(i) = self.find(id) {
+            return Some(std::mem::replace(&mut self.slots[i].entry, entry));
         }
-        let (start, Ok(i)) = (self.names.len(), u32::try_from(slots.len())) else {
+        let Ok(i) = u32::try_from(self.slots.len()) else {
             return None; // over 4 billion entries: no index comes near
         };
-        if name.len() > MAX_NAME || start > MAX_START {
-            return None; // no template name comes near (the scan refuses long paths first)
+        if let Some(names) = &mut self.names {
+            let start = names.buffer.len();
+            if name.len() > MAX_NAME || start > MAX_START {
+                return None; // no template name comes near (the scan refuses long paths first)
+            }
+            names.buffer.push_str(name);
+            names
+                .places
+                .push(((start as u64) << LEN_BITS) | name.len() as u64);
         }
-        slots.push(Slot {
-            entry,
-            place: ((start as u64) << START_SHIFT) | name.len() as u64,
-        });
-        self.names.push_str(name);
-        let (names, slots, hasher) = (&self.names, &self.slots, &self.hasher);
-        self.table.insert_unique(hash, i, |&j| {
-            hasher.hash_one(name_of(names, &slots[j as usize]))
-        });
+        self.slots.push(Slot { entry, id });
+        if !self.removed.is_empty() {
+            self.removed.push(false);
+        }
+        let slots = &self.slots;
+        self.table
+            .insert_unique(id as u64, i, |&j| slots[j as usize].id as u64);
         None
     }
 
-    /// Removes `name`, returning its entry. Its name's bytes stay in the buffer until the map
-    /// is dropped (removals are few: what one run deletes).
+    /// Removes `name`, returning its entry. Its slot (and name) stay until the map is dropped
+    /// (removals are few: what one run deletes).
     pub fn remove(&mut self, name: &str) -> Option<IndexEntry> {
-        let hash = self.hasher.hash_one(name);
-        let (names, slots) = (&self.names, &self.slots);
+        let id = self.id_of(name);
+        let slots = &self.slots;
         let found = self
             .table
-            .find_entry(hash, |&i| name_of(names, &slots[i as usize]) == name)
+            .find_entry(id as u64, |&i| slots[i as usize].id == id)
             .ok()?;
         let (i, _) = found.remove();
-        let slot = &mut self.slots[i as usize];
-        slot.place |= REMOVED;
-        self.removed += 1;
-        Some(slot.entry)
+        let i = i as usize;
+        if self.removed.is_empty() {
+            self.removed = vec![false; self.slots.len()];
+        }
+        self.removed[i] = true;
+        self.removed_count += 1;
+        Some(self.slots[i].entry)
     }
 
-    /// Every name, in insertion order.
+    fn is_removed(&self, i: usize) -> bool {
+        self.removed.get(i).copied().unwrap_or(false)
+    }
+
+    /// Every name, in insertion order (none without names).
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.iter().map(|(n, _)| n)
     }
 
-    /// Every name and entry, in insertion order.
+    /// Every name and entry, in insertion order (none without names).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &IndexEntry)> {
+        let names = self.names.as_ref();
         self.slots
             .iter()
-            .filter(|s| !s.removed())
-            .map(|s| (name_of(&self.names, s), &s.entry))
+            .enumerate()
+            .filter(move |(i, _)| names.is_some() && !self.is_removed(*i))
+            .map(move |(i, s)| (names.map_or("", |n| n.get(i)), &s.entry))
     }
 
     /// A blank set of marks for [`Self::get_marking`].
@@ -148,25 +201,31 @@ impl IndexEntries {
     /// any insertion) as matched: [`Self::unmarked`] then lists the names nothing matched,
     /// with no set of the other side's names.
     pub fn get_marking(&self, name: &str, marks: &mut Marks) -> Option<&IndexEntry> {
-        let hash = self.hasher.hash_one(name);
-        let i = *self.table.find(hash, |&i| self.name_at(i) == name)? as usize;
+        let i = self.find(self.id_of(name))?;
         if let Some(m) = marks.0.get_mut(i) {
             *m = true;
         }
         Some(&self.slots[i].entry)
     }
 
-    /// The names that no [`Self::get_marking`] call marked in `marks`.
-    pub fn unmarked<'a>(&'a self, marks: &'a Marks) -> impl Iterator<Item = &'a str> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(|(i, s)| !s.removed() && !marks.0.get(*i).copied().unwrap_or(false))
-            .map(|(_, s)| name_of(&self.names, s))
+    /// How many entries no [`Self::get_marking`] call marked in `marks`.
+    pub fn unmarked_count(&self, marks: &Marks) -> usize {
+        (0..self.slots.len())
+            .filter(|&i| !self.is_removed(i) && !marks.get(i))
+            .count()
     }
 
-    fn name_at(&self, i: u32) -> &str {
-        name_of(&self.names, &self.slots[i as usize])
+    /// Whether `name` has an entry that no [`Self::get_marking`] call marked in `marks`.
+    pub fn is_unmarked(&self, name: &str, marks: &Marks) -> bool {
+        self.find(self.id_of(name)).is_some_and(|i| !marks.get(i))
+    }
+
+    /// The names that no [`Self::get_marking`] call marked in `marks` (none without names).
+    pub fn unmarked<'a>(&'a self, marks: &'a Marks) -> impl Iterator<Item = &'a str> {
+        let names = self.names.as_ref();
+        (0..self.slots.len())
+            .filter(move |&i| names.is_some() && !self.is_removed(i) && !marks.get(i))
+            .map(move |i| names.map_or("", |n| n.get(i)))
     }
 }
 
@@ -181,22 +240,47 @@ impl Marks {
             *mine |= *theirs;
         }
     }
-}
 
-fn name_of<'a>(names: &'a str, slot: &Slot) -> &'a str {
-    names.get(slot.range()).unwrap_or_default()
+    fn get(&self, i: usize) -> bool {
+        self.0.get(i).copied().unwrap_or(false)
+    }
 }
 
 impl std::fmt::Debug for IndexEntries {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.iter()).finish()
+        if self.has_names() {
+            f.debug_map().entries(self.iter()).finish()
+        } else {
+            write!(f, "IndexEntries({} entries without names)", self.len())
+        }
     }
 }
 
-/// Equal when they hold the same names with the same entries, whatever the order.
+/// Equal when they hold the same names with the same entries, whatever the order (maps
+/// without names: the same count of entries with the same multiset of entries).
 impl PartialEq for IndexEntries {
     fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len() && self.iter().all(|(n, e)| other.get(n) == Some(e))
+        if self.len() != other.len() {
+            return false;
+        }
+        if self.has_names() {
+            return self.iter().all(|(n, e)| other.get(n) == Some(e));
+        }
+        if other.has_names() {
+            return other.iter().all(|(n, e)| self.get(n) == Some(e));
+        }
+        let live = |m: &IndexEntries| {
+            let mut v: Vec<([u8; 32], u64, bool)> = (0..m.slots.len())
+                .filter(|&i| !m.is_removed(i))
+                .map(|i| {
+                    let e = m.slots[i].entry;
+                    (e.hash.0, e.size, e.pending)
+                })
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        live(self) == live(other)
     }
 }
 
@@ -257,8 +341,31 @@ mod tests {
     }
 
     #[test]
+    fn without_names_it_answers_lookups_and_recognises_unmatched_names() {
+        let mut m = IndexEntries::without_names(4);
+        assert!(!m.has_names());
+        m.extend([("a", entry(1)), ("b", entry(2)), ("c", entry(3))]);
+        assert_eq!(m.insert("a", entry(4)), Some(entry(1)));
+        assert_eq!(m.remove("c"), Some(entry(3)));
+        assert_eq!(
+            (m.len(), m.get("a"), m.get("c")),
+            (2, Some(&entry(4)), None)
+        );
+        assert_eq!((m.keys().count(), m.iter().count()), (0, 0));
+        let mut marks = m.marks();
+        assert!(m.get_marking("a", &mut marks).is_some());
+        assert_eq!(m.unmarked_count(&marks), 1);
+        assert!(m.is_unmarked("b", &marks));
+        assert!(!m.is_unmarked("a", &marks) && !m.is_unmarked("c", &marks));
+        assert_eq!(m.unmarked(&marks).count(), 0);
+        let named: IndexEntries = [("a", entry(4)), ("b", entry(2))].into_iter().collect();
+        assert_eq!(m, named);
+        assert_eq!(named, m);
+    }
+
+    #[test]
     fn slots_stay_small_and_hold_long_names() {
-        assert_eq!(std::mem::size_of::<Slot>(), 56);
+        assert_eq!(std::mem::size_of::<Slot>(), 64);
         let mut m = IndexEntries::default();
         let long = "d/".repeat(2000) + "x.html";
         assert_eq!(m.insert(&long, entry(1)), None);
@@ -274,8 +381,12 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
-        fn agrees_with_a_hash_map(ops in proptest::collection::vec((any::<bool>(), 0u8..40, any::<u8>()), 0..300)) {
-            let (mut m, mut model) = (IndexEntries::default(), HashMap::new());
+        fn agrees_with_a_hash_map(
+            ops in proptest::collection::vec((any::<bool>(), 0u8..40, any::<u8>()), 0..300),
+            named in any::<bool>(),
+        ) {
+            let mut m = if named { IndexEntries::default() } else { IndexEntries::without_names(0) };
+            let mut model = HashMap::new();
             for (insert, name, e) in ops {
                 let name = format!("dir/{name}.html");
                 if insert {
@@ -288,7 +399,16 @@ mod tests {
             for (n, e) in &model {
                 prop_assert_eq!(m.get(n), Some(e));
             }
-            prop_assert_eq!(m.iter().count(), model.len());
+            prop_assert_eq!(m.iter().count(), if named { model.len() } else { 0 });
+            let mut marks = m.marks();
+            for n in model.keys().filter(|n| n.len() % 2 == 0) {
+                prop_assert!(m.get_marking(n, &mut marks).is_some());
+            }
+            let unmarked = model.keys().filter(|n| n.len() % 2 == 1).count();
+            prop_assert_eq!(m.unmarked_count(&marks), unmarked);
+            for n in model.keys() {
+                prop_assert_eq!(m.is_unmarked(n, &marks), n.len() % 2 == 1);
+            }
         }
     }
 }

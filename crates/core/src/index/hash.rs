@@ -40,14 +40,26 @@ const MAX_PRESIZE: usize = 16 << 20;
 
 /// Reads every field; malformed fields are reported in [`IndexSnapshot::lost`].
 pub async fn load(cache: &Cache, ns: &Namespace) -> Result<Option<IndexSnapshot>> {
+    load_as(cache, ns, true).await
+}
+
+/// [`load`], keeping names or not ([`IndexEntries::without_names`]).
+pub async fn load_as(cache: &Cache, ns: &Namespace, names: bool) -> Result<Option<IndexSnapshot>> {
     let key = ns.index_root_key();
-    let mut snap = IndexSnapshot::default();
     // Sized up front where the backend tells the field count: no regrowth of a million
     // entries while the pages come. Only a hint: a failure here is the scan's to report.
-    if let Ok(Some(n)) = cache.hash_len(&key).await {
-        let n = usize::try_from(n).unwrap_or(0).min(MAX_PRESIZE);
-        snap.entries = IndexEntries::with_capacity(n);
-    }
+    let n = match cache.hash_len(&key).await {
+        Ok(Some(n)) => usize::try_from(n).unwrap_or(0).min(MAX_PRESIZE),
+        _ => 0,
+    };
+    let mut snap = IndexSnapshot {
+        entries: if names {
+            IndexEntries::with_capacity(n)
+        } else {
+            IndexEntries::without_names(n)
+        },
+        lost: Vec::new(),
+    };
     let mut cursor = 0;
     let mut any = false;
     loop {
@@ -71,6 +83,34 @@ pub async fn load(cache: &Cache, ns: &Namespace) -> Result<Option<IndexSnapshot>
         if cursor == 0 {
             // A hash without fields does not exist (Redis removes empty hashes).
             return Ok(any.then_some(snap));
+        }
+    }
+}
+
+/// The field names for which `wanted` holds, a page at a time (malformed fields skipped).
+pub async fn names_where(
+    cache: &Cache,
+    ns: &Namespace,
+    mut wanted: impl FnMut(&str) -> bool,
+) -> Result<Vec<String>> {
+    let key = ns.index_root_key();
+    let mut out = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let (next, page) = cache
+            .hash_scan(&key, cursor)
+            .await
+            .map_err(|e| e.context(format!("reading index {key}")))?;
+        for (name, _) in page {
+            if let Ok(n) = std::str::from_utf8(&name)
+                && wanted(n)
+            {
+                out.push(n.to_owned());
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            return Ok(out);
         }
     }
 }

@@ -20,10 +20,46 @@ use crate::format::key::{ContentHash, Namespace};
 
 /// Reads the index of `namespace` in the layout the backend declares; `None` if there is none.
 pub async fn load(cache: &Cache, namespace: &Namespace) -> Result<Option<IndexSnapshot>> {
+    load_as(cache, namespace, true).await
+}
+
+/// [`load`], keeping no names ([`IndexEntries::without_names`]): what comparing with a scan
+/// needs, in three quarters of the memory. The names of entries no file matched are read
+/// again with [`names_where`].
+pub async fn load_without_names(
+    cache: &Cache,
+    namespace: &Namespace,
+) -> Result<Option<IndexSnapshot>> {
+    load_as(cache, namespace, false).await
+}
+
+async fn load_as(
+    cache: &Cache,
+    namespace: &Namespace,
+    names: bool,
+) -> Result<Option<IndexSnapshot>> {
     match cache.index_layout() {
-        IndexLayout::Sharded => sharded::load(cache, namespace).await,
-        IndexLayout::Hash => hash::load(cache, namespace).await,
+        IndexLayout::Sharded => sharded::load_as(cache, namespace, names).await,
+        IndexLayout::Hash => hash::load_as(cache, namespace, names).await,
     }
+}
+
+/// Reads the index of `namespace` again, a page (or shard) at a time, returning the names for
+/// which `wanted` holds, sorted: the names behind a few entries of an index loaded without
+/// names, never the whole index at once. Unreadable parts are skipped (the load that came
+/// before reported them).
+pub async fn names_where(
+    cache: &Cache,
+    namespace: &Namespace,
+    wanted: impl FnMut(&str) -> bool,
+) -> Result<Vec<String>> {
+    let mut names = match cache.index_layout() {
+        IndexLayout::Sharded => sharded::names_where(cache, namespace, wanted).await?,
+        IndexLayout::Hash => hash::names_where(cache, namespace, wanted).await?,
+    };
+    names.sort_unstable();
+    names.dedup();
+    Ok(names)
 }
 
 /// Applies `changes` to the index of `namespace`, creating it if needed. Each call leaves a

@@ -214,6 +214,11 @@ async fn read_shards_each(
 
 /// Loads the whole index; `None` if the namespace has no index root.
 pub async fn load(b: &Cache, ns: &Namespace) -> Result<Option<IndexSnapshot>> {
+    load_as(b, ns, true).await
+}
+
+/// [`load`], keeping names or not ([`IndexEntries::without_names`]).
+pub async fn load_as(b: &Cache, ns: &Namespace, names: bool) -> Result<Option<IndexSnapshot>> {
     let root = match read_root(b, ns).await {
         Ok(Some(root)) => root,
         Ok(None) => return Ok(None),
@@ -228,9 +233,34 @@ pub async fn load(b: &Cache, ns: &Namespace) -> Result<Option<IndexSnapshot>> {
     let nos: Vec<u32> = (0..root.shard_count).collect();
     // Shards go into the compact map as they arrive: never every shard's map at once. The map
     // grows with what was decoded, never by the root's (untrusted) entry count.
-    let mut entries = IndexEntries::default();
+    let mut entries = if names {
+        IndexEntries::default()
+    } else {
+        IndexEntries::without_names(0)
+    };
     let lost = read_shards_each(b, ns, &root, &nos, |_, shard| entries.extend(shard)).await?;
     Ok(Some(IndexSnapshot { entries, lost }))
+}
+
+/// The names for which `wanted` holds, a shard at a time (unreadable shards skipped).
+pub async fn names_where(
+    b: &Cache,
+    ns: &Namespace,
+    mut wanted: impl FnMut(&str) -> bool,
+) -> Result<Vec<String>> {
+    let root = match read_root(b, ns).await {
+        Ok(Some(root)) => root,
+        Err(e) if e.kind() != ErrorKind::Corrupt => return Err(e),
+        // Gone or damaged since it was loaded: the load reported what it could not read.
+        _ => return Ok(Vec::new()),
+    };
+    let nos: Vec<u32> = (0..root.shard_count).collect();
+    let mut out = Vec::new();
+    read_shards_each(b, ns, &root, &nos, |_, shard| {
+        out.extend(shard.into_keys().filter(|n| wanted(n)));
+    })
+    .await?;
+    Ok(out)
 }
 
 fn shard_count_for(total_bytes: usize, max_value: Option<usize>) -> u32 {
