@@ -22,9 +22,9 @@ use crate::format::key::ContentHash;
 use crate::format::record::Record;
 use crate::history::Recorder;
 use crate::index::{IndexEntry, IndexSnapshot, Marks};
-use crate::source::Source;
 use crate::source::files::Files;
 use crate::source::scan::{FileList, FileRef, Scan};
+use crate::source::{KnownHashes, Source};
 
 /// Compares a template tree with a cache namespace; [`Self::resolve`] repairs the differences.
 #[derive(Debug)]
@@ -73,11 +73,48 @@ struct Comparison {
     /// Positions (in the scan) of files whose index entry holds the file's hash: only the
     /// entry's existence needs confirming.
     exist_check: Vec<usize>,
-    /// Positions (in the scan, and in its hashes) of files whose entry must be fetched and
-    /// verified against the file's hash (deep mode, pending or unindexed templates).
+    /// Positions of files whose entry must be fetched and verified against the file's hash
+    /// (deep mode, pending or unindexed templates).
     fetch: Vec<usize>,
+    /// Positions of files whose fingerprint changed (or is new): to read and hash first.
+    unknown: Vec<usize>,
     /// The index entries some scanned file matched: the others are orphans.
     marks: Marks,
+}
+
+/// What the index says of one file.
+#[derive(Clone, Copy, Default)]
+enum Verdict {
+    /// Its hash is not known yet: read it.
+    Unknown,
+    /// The index holds the file's hash: confirm the entry exists.
+    Indexed,
+    /// The index holds another hash (quick mode): outdated without a fetch.
+    Outdated,
+    /// Fetch and verify the entry.
+    #[default]
+    Fetch,
+}
+
+/// The verdict on a file of hash `h` whose index entry is `entry`.
+fn verdict(mode: CheckMode, entry: Option<&IndexEntry>, h: ContentHash) -> Verdict {
+    match entry {
+        Some(e) if mode == CheckMode::Quick && !e.pending && e.hash == h => Verdict::Indexed,
+        Some(e) if mode == CheckMode::Quick && !e.pending => Verdict::Outdated,
+        _ => Verdict::Fetch,
+    }
+}
+
+impl Comparison {
+    /// Files the file at `i` under its verdict.
+    fn place(&mut self, i: usize, verdict: Verdict, files: &FileList, found: &mut Findings) {
+        match verdict {
+            Verdict::Unknown => self.unknown.push(i),
+            Verdict::Indexed => self.exist_check.push(i),
+            Verdict::Outdated => found.rewrite(Kind::Outdated, files.at(i)),
+            Verdict::Fetch => self.fetch.push(i),
+        }
+    }
 }
 
 impl Checker {
@@ -142,9 +179,6 @@ impl Checker {
                 .map(|f| Failure::new(f.name.clone(), &f.error, 0)),
         );
         let mut phases = Phases::start();
-        let (hashes, failed) = ctx.hash_all(&scan.files).await;
-        found.errors(failed);
-        phases.done("hash", scan.files.len());
         found.errors(index.lost.iter().map(|lost| {
             Failure::new(
                 "(index)".into(),
@@ -158,22 +192,49 @@ impl Checker {
             )
         }));
 
-        let cmp = compare(mode, &scan, &hashes, &index, &mut found);
+        // Files whose fingerprint vouches for their hash are compared at once; the others are
+        // read and hashed, then compared. No list of every file's hash is held: the trusted
+        // ones are looked up again where needed, the others kept aside (`read`).
+        let mut cmp = {
+            let known = ctx.source.known_hashes();
+            compare(mode, &scan.files, &known, &index, &mut found)
+        };
         phases.done("compare", scan.files.len());
+        let to_read = std::mem::take(&mut cmp.unknown);
+        let reading = to_read.len();
+        let mut read = Vec::new();
+        let failed = ctx
+            .read_and_hash(&scan.files, to_read, |i, h| read.push((i, h)))
+            .await;
+        found.errors(failed);
+        read.sort_unstable_by_key(|&(i, _)| i);
+        {
+            let known = ctx.source.known_hashes();
+            read.retain(|&(i, h)| {
+                let f = scan.files.at(i);
+                let entry = index.entries.get(f.name);
+                cmp.place(i, verdict(mode, entry, h), &scan.files, &mut found);
+                // What the fingerprint store now vouches for is looked up again, like the rest.
+                known.get(f.name, f.fingerprint) != Some(h)
+            });
+        }
+        read.shrink_to_fit();
+        phases.done("hash", reading);
         self.confirm_existence(&scan.files, &cmp.exist_check, &mut found)
             .await;
         phases.done("existence check", cmp.exist_check.len());
-        self.verify(&scan.files, &hashes, &cmp.fetch, &index, &mut found)
+        self.verify(&scan.files, &read, &cmp.fetch, &index, &mut found)
             .await;
-        drop(hashes);
+        drop(read);
         phases.done("verify", cmp.fetch.len());
         // Only the marks are needed to classify orphans: the lists go now, not at the end.
         let Comparison {
             marks,
             exist_check,
             fetch,
+            unknown,
         } = cmp;
-        drop((exist_check, fetch));
+        drop((exist_check, fetch, unknown));
         // Every entry is indexed before it is written, so a quick check trusts an intact index
         // for orphans; a deep check, or a missing or damaged index, lists the keys as well.
         let list = mode == CheckMode::Deep || !index_exists || !index.lost.is_empty();
@@ -230,14 +291,15 @@ impl Checker {
         }
     }
 
-    /// Fetches the entries of `files[i]` for each `i` in `fetch` and verifies each against the
-    /// file's hash (`hashes[i]`), a window of chunks at a time: each value is dropped once
+    /// Fetches the entries of the files at positions `fetch` and verifies each against the
+    /// file's hash (from `read`, sorted by position, or else the fingerprint store), a window
+    /// of chunks at a time: each value is dropped once
     /// verified, so a deep check holds no more content than its batches in flight. Verified
     /// content that the index does not describe becomes an index fix-up.
     async fn verify(
         &self,
         files: &FileList,
-        hashes: &[Option<ContentHash>],
+        read: &[(usize, ContentHash)],
         fetch: &[usize],
         index: &IndexSnapshot,
         found: &mut Findings,
@@ -259,8 +321,19 @@ impl Checker {
                     return;
                 }
             };
-            for (&i, value) in chunk.iter().zip(values) {
-                let (f, Some(h)) = (files.at(i), hashes[i]) else {
+            // The hashes of this chunk: read this run, or vouched for by the fingerprint store.
+            let hashes: Vec<Option<ContentHash>> = {
+                let known = ctx.source.known_hashes();
+                chunk
+                    .iter()
+                    .map(|&i| match read.binary_search_by_key(&i, |&(j, _)| j) {
+                        Ok(k) => Some(read[k].1),
+                        Err(_) => known.get(files.name_at(i), files.fingerprint_at(i)),
+                    })
+                    .collect()
+            };
+            for ((&i, value), h) in chunk.iter().zip(values).zip(hashes) {
+                let (f, Some(h)) = (files.at(i), h) else {
                     continue; // unreadable files are never fetched
                 };
                 let kind = match value.map(|v| verify(&v, f.name)) {
@@ -399,65 +472,51 @@ impl Checker {
     }
 }
 
-/// Decides per file whether the index suffices or the entry must be fetched; in quick mode, a
+/// Decides per file whether the index suffices or the entry must be fetched, for files whose
+/// fingerprint vouches for their hash (the others are left to read); in quick mode, a
 /// confirmed index hash that differs from the file's is outdated without a fetch.
 ///
 /// Every scanned file marks its index entry, readable or not: an unreadable file still exists,
 /// so its entry is never an orphan.
 fn compare(
     mode: CheckMode,
-    scan: &Scan,
-    hashes: &[Option<ContentHash>],
+    files: &FileList,
+    known: &KnownHashes<'_>,
     index: &IndexSnapshot,
     found: &mut Findings,
 ) -> Comparison {
-    /// What the index says of one file (a fetch unless shown otherwise).
-    #[derive(Clone, Copy, Default)]
-    enum Verdict {
-        /// Unreadable: already an error.
-        Unreadable,
-        /// The index holds the file's hash: confirm the entry exists.
-        Indexed,
-        /// The index holds another hash (quick mode): outdated without a fetch.
-        Outdated,
-        /// Fetch and verify the entry.
-        #[default]
-        Fetch,
-    }
-    // The index lookups (cache misses at a million files) run on every core.
+    // The lookups (cache misses at a million files) run on every core.
     let (verdicts, marks) = super::lookups::on_every_core(
-        scan.files.len(),
+        files.len(),
         || index.entries.marks(),
         |marks, i| {
-            let entry = index.entries.get_marking(scan.files.name_at(i), marks);
-            let Some(h) = hashes[i] else {
-                return Verdict::Unreadable;
-            };
-            match entry {
-                Some(e) if mode == CheckMode::Quick && !e.pending && e.hash == h => {
-                    Verdict::Indexed
-                }
-                Some(e) if mode == CheckMode::Quick && !e.pending => Verdict::Outdated,
-                _ => Verdict::Fetch,
+            let name = files.name_at(i);
+            let entry = index.entries.get_marking(name, marks);
+            match known.get(name, files.fingerprint_at(i)) {
+                Some(h) => verdict(mode, entry, h),
+                None => Verdict::Unknown,
             }
         },
     );
     let mut marks = marks.into_iter();
+    let count = |v: Verdict| {
+        verdicts
+            .iter()
+            .filter(|&&w| std::mem::discriminant(&w) == std::mem::discriminant(&v))
+            .count()
+    };
+    // Sized once: at a million files, growing these lists would hold each twice at times.
     let mut cmp = Comparison {
-        exist_check: Vec::new(),
-        fetch: Vec::new(),
+        exist_check: Vec::with_capacity(count(Verdict::Indexed)),
+        fetch: Vec::with_capacity(count(Verdict::Fetch)),
+        unknown: Vec::with_capacity(count(Verdict::Unknown)),
         marks: marks.next().unwrap_or_default(),
     };
     for m in marks {
         cmp.marks.absorb(&m);
     }
-    for (i, verdict) in verdicts.into_iter().enumerate() {
-        match verdict {
-            Verdict::Unreadable => {}
-            Verdict::Indexed => cmp.exist_check.push(i),
-            Verdict::Outdated => found.rewrite(Kind::Outdated, scan.files.at(i)),
-            Verdict::Fetch => cmp.fetch.push(i),
-        }
+    for (i, v) in verdicts.into_iter().enumerate() {
+        cmp.place(i, v, files, found);
     }
     cmp
 }

@@ -483,6 +483,21 @@ impl Ctx {
         let to_read: Vec<usize> = (0..files.count())
             .filter(|&i| hashes[i].is_none())
             .collect();
+        let failed = self
+            .read_and_hash(files, to_read, |i, h| hashes[i] = Some(h))
+            .await;
+        (hashes, failed)
+    }
+
+    /// Reads and hashes the files at positions `to_read` of `files` (recording their
+    /// fingerprints), a batch at a time, handing each hash to `each` with its position.
+    /// Returns the files that could not be read.
+    pub async fn read_and_hash<F: Files + ?Sized>(
+        &self,
+        files: &F,
+        to_read: Vec<usize>,
+        mut each: impl FnMut(usize, ContentHash),
+    ) -> Vec<Failure> {
         let groups = batches(
             to_read,
             self.throttle.batch_max_templates,
@@ -512,14 +527,12 @@ impl Ctx {
             );
             for (i, (f, r)) in group.into_iter().zip(results) {
                 match r {
-                    Ok(l) => {
-                        hashes[i] = Some(l.hash);
-                    }
+                    Ok(l) => each(i, l.hash),
                     Err(e) => failed.push(Failure::new(f.name, &e, 1)),
                 }
             }
         }
-        (hashes, failed)
+        failed
     }
 
     /// Writes `files` (in the given order) through the index protocol: mark them pending,
