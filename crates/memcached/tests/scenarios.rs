@@ -198,7 +198,7 @@ async fn an_index_of_100k_templates_fits_the_item_limit() {
     assert_eq!(snap.entries.len(), 100_000);
     assert_eq!(
         snap.entries.get(&upserts[12_345].0),
-        Some(&upserts[12_345].1)
+        Some(upserts[12_345].1)
     );
 }
 

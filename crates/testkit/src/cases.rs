@@ -276,7 +276,7 @@ pub async fn index_round_trip(b: Arc<dyn CacheBackend>) {
         .expect("index exists");
     assert!(snap.lost.is_empty(), "{:?}", snap.lost);
     assert_eq!(snap.entries.len(), upserts.len());
-    assert_eq!(snap.entries.get("dir7/template-7.html"), Some(&entry(7)));
+    assert_eq!(snap.entries.get("dir7/template-7.html"), Some(entry(7)));
     if b.index_layout() == IndexLayout::Hash {
         // A field count, where the backend tells one, is the true one.
         let told = b.hash_len(&ns.index_root_key()).await.expect("hash_len");
@@ -306,7 +306,7 @@ pub async fn index_round_trip(b: Arc<dyn CacheBackend>) {
         .expect("load")
         .expect("index exists");
     assert_eq!(snap.entries.len(), 15_000);
-    assert_eq!(snap.entries.get(&changed.0), Some(&changed.1));
+    assert_eq!(snap.entries.get(&changed.0), Some(changed.1));
     assert!(!snap.entries.contains_key(&upserts[0].0));
     if b.capabilities().list_keys {
         let keys = b.list_keys(&ns.prefix()).await.expect("list");

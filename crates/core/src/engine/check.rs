@@ -97,7 +97,7 @@ enum Verdict {
 }
 
 /// The verdict on a file of hash `h` whose index entry is `entry`.
-fn verdict(mode: CheckMode, entry: Option<&IndexEntry>, h: ContentHash) -> Verdict {
+fn verdict(mode: CheckMode, entry: Option<IndexEntry>, h: ContentHash) -> Verdict {
     match entry {
         Some(e) if mode == CheckMode::Quick && !e.pending && e.hash == h => Verdict::Indexed,
         Some(e) if mode == CheckMode::Quick && !e.pending => Verdict::Outdated,
@@ -238,16 +238,22 @@ impl Checker {
         // Every entry is indexed before it is written, so a quick check trusts an intact index
         // for orphans; a deep check, or a missing or damaged index, lists the keys as well.
         let list = mode == CheckMode::Deep || !index_exists || !index.lost.is_empty();
-        self.classify_orphans(&scan, &index, &marks, list, &mut found)
-            .await?;
-        phases.done("orphans", index.entries.len());
+        // Resolution needs the index entries of what it may write (their hash stays while
+        // pending); orphans add no writes, so the index can go with them.
+        found.plan.previous = found
+            .plan
+            .write
+            .iter()
+            .filter_map(|(_, f)| index.entries.get(&f.name).map(|e| (f.name.clone(), e)))
+            .collect();
         ctx.source.prune_state(&scan);
+        let entries = index.entries.len();
+        self.classify_orphans(scan, index, marks, list, &mut found)
+            .await?;
+        phases.done("orphans", entries);
         ctx.source.save_state();
-        phases.done("state save", scan.files.len());
-        let Findings {
-            mut report,
-            mut plan,
-        } = found;
+        phases.done("state save", found.report.files);
+        let Findings { mut report, plan } = found;
         for v in [
             &mut report.missing,
             &mut report.outdated,
@@ -257,12 +263,6 @@ impl Checker {
             v.sort();
         }
         report.consistent = report.inconsistencies() == 0 && report.errors.is_empty();
-        // Resolution needs the index entries of what it may write (their hash stays while pending).
-        plan.previous = plan
-            .write
-            .iter()
-            .filter_map(|(_, f)| index.entries.get(&f.name).map(|e| (f.name.clone(), *e)))
-            .collect();
         report.plan = plan;
         report.duration = started.elapsed();
         Ok(report)
@@ -346,7 +346,7 @@ impl Checker {
                             size: f.fingerprint.size,
                             pending: false,
                         };
-                        if index.entries.get(f.name) != Some(&e) {
+                        if index.entries.get(f.name) != Some(e) {
                             found.plan.index_fixups.push((f.name.to_owned(), e));
                         }
                         continue;
@@ -363,9 +363,9 @@ impl Checker {
     /// not see (a failed file, or anything under a directory that failed) is ever an orphan.
     async fn classify_orphans(
         &self,
-        scan: &Scan,
-        index: &IndexSnapshot,
-        marks: &Marks,
+        mut scan: Scan,
+        index: IndexSnapshot,
+        marks: Marks,
         list: bool,
         found: &mut Findings,
     ) -> Result<()> {
@@ -375,7 +375,7 @@ impl Checker {
         // still exist: nothing under it is ever an orphan.
         let unseen = scan.unknown();
         // The index was loaded without names: those of its unmatched entries are read again.
-        let unmatched = ctx.unmatched_names(&index.entries, marks).await?;
+        let unmatched = ctx.unmatched_names(&index.entries, &marks).await?;
         for name in unmatched.iter().filter(|n| !unseen.covers(n)) {
             found.remove(Kind::Orphaned, Some(name.clone()), ns.key_for(name));
         }
@@ -385,26 +385,30 @@ impl Checker {
         }
         // Only a listing needs every known key: held as the name hashes that keys carry
         // (16 bytes each, sorted), not as key strings; the listing comes a page at a time. The
-        // indexed names are the scanned files the index holds and the unmatched ones.
+        // indexed names are the scanned files the index holds and the unmatched ones. The
+        // index, then the scan, go as soon as their part is taken.
+        let files = std::mem::take(&mut scan.files);
         let (indexed_files, _) = super::lookups::on_every_core(
-            scan.files.len(),
+            files.len(),
             || (),
-            |(), i| index.entries.contains_key(scan.files.name_at(i)),
+            |(), i| index.entries.contains_key(files.name_at(i)),
         );
-        let (ids, _) = super::lookups::on_every_core(
-            scan.files.len(),
-            || (),
-            |(), i| name_id(scan.files.name_at(i)),
-        );
-        let indexed = IdSet::new(
+        drop((index, marks));
+        let (ids, _) =
+            super::lookups::on_every_core(files.len(), || (), |(), i| name_id(files.name_at(i)));
+        drop(files);
+        let mut indexed =
+            Vec::with_capacity(indexed_files.iter().filter(|&&i| i).count() + unmatched.len());
+        indexed.extend(
             ids.iter()
                 .zip(&indexed_files)
                 .filter(|(_, indexed)| **indexed)
-                .map(|(id, _)| *id)
-                .chain(unmatched.iter().map(|n| name_id(n))),
+                .map(|(id, _)| *id),
         );
+        indexed.extend(unmatched.iter().map(|n| name_id(n)));
         drop((indexed_files, unmatched));
-        // The list of ids becomes the set, in place.
+        // Each list becomes its set in place.
+        let indexed = IdSet::new(indexed.into_iter());
         let files = IdSet::new(ids.into_iter());
         let prefix = ns.prefix();
         ctx.phase_unknown_total("listing");

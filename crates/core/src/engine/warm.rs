@@ -165,7 +165,7 @@ impl Warmer {
                 Class::Dirty => {}
             }
             if let Some(e) = index.entries.get(f.name) {
-                previous.insert(f.name.to_owned(), *e);
+                previous.insert(f.name.to_owned(), e);
             }
         }
         dirty.retain(|i, _| classes[i] == Class::Dirty);

@@ -1,13 +1,14 @@
 //! [`IndexEntries`]: the entries of an index by template name, held compactly: every entry in
-//! one vector under a 128-bit id of its name, and a hash table of 4-byte positions. With names
-//! (every name in one buffer) that is about 82 bytes per entry plus its name; without names
-//! (what a comparison with a scan needs, see [`super::load_without_names`]) about 74 bytes,
+//! one vector under a 127-bit id of its name, and a hash table of 4-byte positions. With names
+//! (every name in one buffer) that is about 74 bytes per entry plus its name; without names
+//! (what a comparison with a scan needs, see [`super::load_without_names`]) about 66 bytes,
 //! where a `HashMap<String, IndexEntry>` costs twice as much at a million templates.
 
 use hashbrown::HashTable;
 use xxhash_rust::xxh3::xxh3_128_with_seed;
 
 use super::IndexEntry;
+use crate::format::key::ContentHash;
 
 /// Bits of a name's place holding its length; the rest hold where it starts.
 const LEN_BITS: u32 = 24;
@@ -16,11 +17,37 @@ const MAX_NAME: usize = (1 << LEN_BITS) - 1;
 /// The furthest a name can start in the buffer (1 TiB).
 const MAX_START: usize = (1 << (64 - LEN_BITS)) - 1;
 
-/// One entry and the id of its name: 64 bytes.
+/// One entry and the id of its name: 56 bytes.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
-    entry: IndexEntry,
-    id: u128,
+    hash: ContentHash,
+    size: u64,
+    /// The name's id (its lowest bit clear) with the entry's `pending` flag in that bit, as
+    /// two words: a `u128` would align the slot to 64 bytes.
+    id_pending: [u64; 2],
+}
+
+impl Slot {
+    fn new(id: u128, e: IndexEntry) -> Self {
+        let id = id | u128::from(e.pending);
+        Slot {
+            hash: e.hash,
+            size: e.size,
+            id_pending: [id as u64, (id >> 64) as u64],
+        }
+    }
+
+    fn id(&self) -> u128 {
+        (u128::from(self.id_pending[1]) << 64 | u128::from(self.id_pending[0])) & !1
+    }
+
+    fn entry(&self) -> IndexEntry {
+        IndexEntry {
+            hash: self.hash,
+            size: self.size,
+            pending: self.id_pending[0] & 1 == 1,
+        }
+    }
 }
 
 /// The names of the entries, by slot.
@@ -44,7 +71,7 @@ impl Names {
 
 /// Index entries by template name: a compact map (see the module documentation).
 ///
-/// Names are known by a 128-bit hash keyed with a seed drawn per map, so that no one can
+/// Names are known by a 127-bit hash keyed with a seed drawn per map, so that no one can
 /// choose two names that collide. A map made [`Self::without_names`] answers lookups by name
 /// but cannot list its names: [`Self::keys`], [`Self::iter`] and [`Self::unmarked`] yield
 /// nothing, and [`Self::is_unmarked`] recognises unmatched names read again from the index.
@@ -105,19 +132,20 @@ impl IndexEntries {
     }
 
     fn id_of(&self, name: &str) -> u128 {
-        xxh3_128_with_seed(name.as_bytes(), self.seed)
+        // The lowest bit holds a slot's pending flag.
+        xxh3_128_with_seed(name.as_bytes(), self.seed) & !1
     }
 
     fn find(&self, id: u128) -> Option<usize> {
         let slots = &self.slots;
         self.table
-            .find(id as u64, |&i| slots[i as usize].id == id)
+            .find(table_hash(id), |&i| slots[i as usize].id() == id)
             .map(|&i| i as usize)
     }
 
     /// The entry of `name`.
-    pub fn get(&self, name: &str) -> Option<&IndexEntry> {
-        self.find(self.id_of(name)).map(|i| &self.slots[i].entry)
+    pub fn get(&self, name: &str) -> Option<IndexEntry> {
+        self.find(self.id_of(name)).map(|i| self.slots[i].entry())
     }
 
     /// Whether it holds `name`.
@@ -129,7 +157,9 @@ impl IndexEntries {
     pub fn insert(&mut self, name: &str, entry: IndexEntry) -> Option<IndexEntry> {
         let id = self.id_of(name);
         if let Some(i) = self.find(id) {
-            return Some(std::mem::replace(&mut self.slots[i].entry, entry));
+            let old = self.slots[i].entry();
+            self.slots[i] = Slot::new(id, entry);
+            return Some(old);
         }
         let Ok(i) = u32::try_from(self.slots.len()) else {
             return None; // over 4 billion entries: no index comes near
@@ -144,13 +174,13 @@ impl IndexEntries {
                 .places
                 .push(((start as u64) << LEN_BITS) | name.len() as u64);
         }
-        self.slots.push(Slot { entry, id });
+        self.slots.push(Slot::new(id, entry));
         if !self.removed.is_empty() {
             self.removed.push(false);
         }
         let slots = &self.slots;
         self.table
-            .insert_unique(id as u64, i, |&j| slots[j as usize].id as u64);
+            .insert_unique(table_hash(id), i, |&j| table_hash(slots[j as usize].id()));
         None
     }
 
@@ -161,7 +191,7 @@ impl IndexEntries {
         let slots = &self.slots;
         let found = self
             .table
-            .find_entry(id as u64, |&i| slots[i as usize].id == id)
+            .find_entry(table_hash(id), |&i| slots[i as usize].id() == id)
             .ok()?;
         let (i, _) = found.remove();
         let i = i as usize;
@@ -170,7 +200,7 @@ impl IndexEntries {
         }
         self.removed[i] = true;
         self.removed_count += 1;
-        Some(self.slots[i].entry)
+        Some(self.slots[i].entry())
     }
 
     fn is_removed(&self, i: usize) -> bool {
@@ -183,13 +213,13 @@ impl IndexEntries {
     }
 
     /// Every name and entry, in insertion order (none without names).
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &IndexEntry)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, IndexEntry)> {
         let names = self.names.as_ref();
         self.slots
             .iter()
             .enumerate()
             .filter(move |(i, _)| names.is_some() && !self.is_removed(*i))
-            .map(move |(i, s)| (names.map_or("", |n| n.get(i)), &s.entry))
+            .map(move |(i, s)| (names.map_or("", |n| n.get(i)), s.entry()))
     }
 
     /// A blank set of marks for [`Self::get_marking`].
@@ -200,12 +230,12 @@ impl IndexEntries {
     /// The entry of `name`, marking it in `marks` (made by [`Self::marks`] of this map, before
     /// any insertion) as matched: [`Self::unmarked`] then lists the names nothing matched,
     /// with no set of the other side's names.
-    pub fn get_marking(&self, name: &str, marks: &mut Marks) -> Option<&IndexEntry> {
+    pub fn get_marking(&self, name: &str, marks: &mut Marks) -> Option<IndexEntry> {
         let i = self.find(self.id_of(name))?;
         if let Some(m) = marks.0.get_mut(i) {
             *m = true;
         }
-        Some(&self.slots[i].entry)
+        Some(self.slots[i].entry())
     }
 
     /// How many entries no [`Self::get_marking`] call marked in `marks`.
@@ -227,6 +257,11 @@ impl IndexEntries {
             .filter(move |&i| names.is_some() && !self.is_removed(i) && !marks.get(i))
             .map(move |i| names.map_or("", |n| n.get(i)))
     }
+}
+
+/// The table's hash of an id (itself a hash): its high word, whose bits are all the id's own.
+fn table_hash(id: u128) -> u64 {
+    (id >> 64) as u64
 }
 
 /// Which entries of an [`IndexEntries`] a pass matched: one flag per entry.
@@ -273,7 +308,7 @@ impl PartialEq for IndexEntries {
             let mut v: Vec<([u8; 32], u64, bool)> = (0..m.slots.len())
                 .filter(|&i| !m.is_removed(i))
                 .map(|i| {
-                    let e = m.slots[i].entry;
+                    let e = m.slots[i].entry();
                     (e.hash.0, e.size, e.pending)
                 })
                 .collect();
@@ -324,14 +359,14 @@ mod tests {
         assert_eq!(m.insert("a/b.html", entry(1)), None);
         assert_eq!(m.insert("a/c.html", entry(2)), None);
         assert_eq!(m.insert("a/b.html", entry(3)), Some(entry(1)));
-        assert_eq!((m.len(), m.get("a/b.html")), (2, Some(&entry(3))));
+        assert_eq!((m.len(), m.get("a/b.html")), (2, Some(entry(3))));
         assert_eq!(m.remove("a/b.html"), Some(entry(3)));
         assert_eq!(m.remove("a/b.html"), None);
         assert!(!m.contains_key("a/b.html") && m.contains_key("a/c.html"));
         assert_eq!(m.insert("a/b.html", entry(4)), None);
         assert_eq!(m.keys().collect::<Vec<_>>(), ["a/c.html", "a/b.html"]);
         let mut marks = m.marks();
-        assert_eq!(m.get_marking("a/b.html", &mut marks), Some(&entry(4)));
+        assert_eq!(m.get_marking("a/b.html", &mut marks), Some(entry(4)));
         assert_eq!(m.get_marking("nope", &mut marks), None);
         assert_eq!(m.unmarked(&marks).collect::<Vec<_>>(), ["a/c.html"]);
         let same: IndexEntries = [("a/b.html", entry(4)), ("a/c.html", entry(2))]
@@ -347,10 +382,7 @@ mod tests {
         m.extend([("a", entry(1)), ("b", entry(2)), ("c", entry(3))]);
         assert_eq!(m.insert("a", entry(4)), Some(entry(1)));
         assert_eq!(m.remove("c"), Some(entry(3)));
-        assert_eq!(
-            (m.len(), m.get("a"), m.get("c")),
-            (2, Some(&entry(4)), None)
-        );
+        assert_eq!((m.len(), m.get("a"), m.get("c")), (2, Some(entry(4)), None));
         assert_eq!((m.keys().count(), m.iter().count()), (0, 0));
         let mut marks = m.marks();
         assert!(m.get_marking("a", &mut marks).is_some());
@@ -365,14 +397,14 @@ mod tests {
 
     #[test]
     fn slots_stay_small_and_hold_long_names() {
-        assert_eq!(std::mem::size_of::<Slot>(), 64);
+        assert_eq!(std::mem::size_of::<Slot>(), 56);
         let mut m = IndexEntries::default();
         let long = "d/".repeat(2000) + "x.html";
         assert_eq!(m.insert(&long, entry(1)), None);
         assert_eq!(m.insert("after", entry(2)), None);
         assert_eq!(
             (m.get(&long), m.get("after")),
-            (Some(&entry(1)), Some(&entry(2)))
+            (Some(entry(1)), Some(entry(2)))
         );
         assert_eq!(m.remove(&long), Some(entry(1)));
         assert_eq!(m.keys().collect::<Vec<_>>(), ["after"]);
@@ -397,7 +429,7 @@ mod tests {
             }
             prop_assert_eq!(m.len(), model.len());
             for (n, e) in &model {
-                prop_assert_eq!(m.get(n), Some(e));
+                prop_assert_eq!(m.get(n), Some(*e));
             }
             prop_assert_eq!(m.iter().count(), if named { model.len() } else { 0 });
             let mut marks = m.marks();

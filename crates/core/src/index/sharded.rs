@@ -396,7 +396,7 @@ async fn write_generation(
     let mut shards: Vec<Shard> = (0..shard_count).map(|_| Shard::new()).collect();
     for (name, e) in all.iter() {
         let no = shard_of(name, shard_count) as usize;
-        shards[no].insert(name.to_owned(), *e);
+        shards[no].insert(name.to_owned(), e);
     }
     let mut batch = Vec::new();
     for (no, shard) in shards.iter().enumerate() {

@@ -117,6 +117,11 @@ pub struct FingerprintStore {
     dirs: Vec<u128>,
     /// This run's changes, consulted before `table`; `None` = removed.
     overlay: FastMap<u128, Option<Entry>>,
+    /// The overlay's changes sorted for a merge, and the new entries among them: kept between
+    /// merges, like the overlay's own capacity. A run of a million records merges a dozen
+    /// times from whichever reading thread records; buffers allocated afresh each time left
+    /// tens of MB of freed holes in as many allocator arenas.
+    scratch: (Vec<(u128, Option<Entry>)>, Vec<Entry>),
     /// Directory ids recorded this run that `dirs` lacks.
     new_dirs: FastSet<u128>,
     /// The parent directory of the last recorded name: its ancestors are known (files are
@@ -448,13 +453,12 @@ impl FingerprintStore {
     /// allocator, not copied: there is never a second table).
     fn merge(&mut self) {
         if !self.overlay.is_empty() {
-            let mut changes: Vec<(u128, Option<Entry>)> = self.overlay.drain().collect();
-            self.overlay.shrink_to_fit();
+            let (mut changes, mut added) = std::mem::take(&mut self.scratch);
+            changes.extend(self.overlay.drain());
             changes.sort_unstable_by_key(|&(id, _)| id);
-            let mut added: Vec<Entry> = Vec::new();
             // Positions of removed entries, increasing (the changes are sorted by id).
             let mut removed: Vec<usize> = Vec::new();
-            for (id, change) in changes {
+            for (id, change) in changes.drain(..) {
                 match (self.position(id), change) {
                     (Some(i), Some(e)) => self.table[i] = e,
                     (Some(i), None) => removed.push(i),
@@ -488,6 +492,7 @@ impl FingerprintStore {
             debug_assert_eq!(self.table.len(), self.len);
             debug_assert!(self.table.windows(2).all(|w| w[0].id < w[1].id));
             self.buckets = buckets_of(&self.table);
+            self.scratch = (changes, added);
         }
         if !self.new_dirs.is_empty() {
             let mut added: Vec<u128> = self.new_dirs.drain().collect();
@@ -513,6 +518,9 @@ impl FingerprintStore {
             return Ok(());
         }
         self.merge();
+        // The run is over: what merging kept for the next merge goes (a service idles here).
+        self.scratch = Default::default();
+        self.overlay.shrink_to_fit();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
