@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-pub use super::files::{FileList, FileRef};
+pub use super::files::{FileList, FileRef, Fingerprint, SourceFile};
 use super::files::{MAX_NAME, name_in};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -40,79 +40,6 @@ impl SourceConfig {
             checksum: false,
             state_path: None,
         }
-    }
-}
-
-/// The identity of a file version as `stat` sees it; if it is unchanged the content is assumed
-/// unchanged. ctime catches rewrites that preserve mtime and size (`cp -p`, `touch -r`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Fingerprint {
-    /// Device number.
-    pub dev: u64,
-    /// Inode number.
-    pub ino: u64,
-    /// Size in bytes.
-    pub size: u64,
-    /// Modification time, nanoseconds since the Unix epoch.
-    pub mtime_ns: i64,
-    /// Status change time, nanoseconds since the Unix epoch.
-    pub ctime_ns: i64,
-}
-
-impl Fingerprint {
-    /// The fingerprint of `meta`.
-    pub fn of(meta: &std::fs::Metadata) -> Self {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::MetadataExt;
-            Fingerprint {
-                dev: meta.dev(),
-                ino: meta.ino(),
-                size: meta.size(),
-                mtime_ns: meta
-                    .mtime()
-                    .saturating_mul(1_000_000_000)
-                    .saturating_add(meta.mtime_nsec()),
-                ctime_ns: meta
-                    .ctime()
-                    .saturating_mul(1_000_000_000)
-                    .saturating_add(meta.ctime_nsec()),
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let mtime_ns = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos() as i64);
-            Fingerprint {
-                dev: 0,
-                ino: 0,
-                size: meta.len(),
-                mtime_ns,
-                ctime_ns: mtime_ns,
-            }
-        }
-    }
-}
-
-/// One template file found by a scan.
-#[derive(Clone, Debug)]
-pub struct SourceFile {
-    /// The template name: path relative to the root, `/`-separated.
-    pub name: String,
-    /// The root the name is relative to (the canonical root of the scan that found it), shared
-    /// by every file of a scan: the path to read is [`SourceFile::path`].
-    pub root: Arc<Path>,
-    /// Its fingerprint when scanned.
-    pub fingerprint: Fingerprint,
-}
-
-impl SourceFile {
-    /// The path to read it from: its name under its root.
-    pub fn path(&self) -> PathBuf {
-        self.root.join(&self.name)
     }
 }
 
