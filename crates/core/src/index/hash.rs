@@ -60,30 +60,40 @@ pub async fn load_as(cache: &Cache, ns: &Namespace, names: bool) -> Result<Optio
         },
         lost: Vec::new(),
     };
-    let mut cursor = 0;
     let mut any = false;
-    loop {
-        let (next, page) = cache
-            .hash_scan(&key, cursor)
+    let at = key.as_str();
+    let read = move |cursor: u64| async move {
+        cache
+            .hash_scan(at, cursor)
             .await
-            .map_err(|e| e.context(format!("reading index {key}")))?;
+            .map_err(|e| e.context(format!("reading index {at}")))
+    };
+    let (mut next, mut page) = read(0).await?;
+    loop {
         any |= !page.is_empty();
-        for (name, value) in page {
-            match (std::str::from_utf8(&name), decode_value(&value)) {
-                (Ok(n), Some(e)) => {
-                    snap.entries.insert(n, e);
+        // The next page is asked for before this one is decoded: the server pages while the
+        // process decodes (a cursor only comes with the page before it).
+        let following = (next != 0).then(|| read(next));
+        let decode = async {
+            for (name, value) in std::mem::take(&mut page) {
+                match (std::str::from_utf8(&name), decode_value(&value)) {
+                    (Ok(n), Some(e)) => {
+                        snap.entries.insert(n, e);
+                    }
+                    _ => snap.lost.push(format!(
+                        "{key}: malformed field {:?}",
+                        String::from_utf8_lossy(&name)
+                    )),
                 }
-                _ => snap.lost.push(format!(
-                    "{key}: malformed field {:?}",
-                    String::from_utf8_lossy(&name)
-                )),
             }
-        }
-        cursor = next;
-        if cursor == 0 {
+        };
+        let Some(following) = following else {
+            decode.await;
             // A hash without fields does not exist (Redis removes empty hashes).
             return Ok(any.then_some(snap));
-        }
+        };
+        let (r, ()) = tokio::join!(following, decode);
+        (next, page) = r?;
     }
 }
 
