@@ -8,6 +8,7 @@
 #   bash benches/e2e.sh                       # N=100000 SHAPE=nested RUNS=5
 #   bash benches/e2e.sh 1000000 wide          # N and SHAPE as arguments
 #   N=10000 RUNS=3 bash benches/e2e.sh        # or from the environment
+#   BACKENDS=redis RUNS=3 bash benches/e2e.sh 1000000 wide   # only some backends
 #
 # Needs redis-server, redis-benchmark, memcached, python3 and /usr/bin/time; installs the Debian
 # packages when run as root. Servers listen on 127.0.0.1 only and are stopped on exit.
@@ -17,6 +18,12 @@ SHAPE=${2:-${SHAPE:-nested}}
 RUNS=${RUNS:-5}
 case "$SHAPE" in nested|wide) ;; *) echo "SHAPE must be nested or wide, not $SHAPE" >&2; exit 2 ;; esac
 SEED=${SEED:-42}
+BACKENDS=${BACKENDS:-redis memcached sled moka}
+for b in $BACKENDS; do
+  case "$b" in redis|memcached|sled|moka) ;; *) echo "BACKENDS: unknown backend $b (redis, memcached, sled, moka)" >&2; exit 2 ;; esac
+done
+has() { case " $BACKENDS " in *" $1 "*) return 0 ;; esac; return 1; }
+has redis || { echo "BACKENDS must include redis: the targets and their baselines are Redis's" >&2; exit 2; }
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
@@ -126,9 +133,10 @@ tar cf - "$DIR" | wc -c >/dev/null
   measure read_all warm_cache sh -c "tar cf - '$DIR' | wc -c"
   measure redis_write "redis-cli -p $RP FLUSHALL" redis-benchmark -p "$RP" -t set -n "$N" -r "$N" -d "$MEAN" -P 64 -c 1 -q
   measure redis_read : redis-benchmark -p "$RP" -t get -n "$N" -r "$N" -d "$MEAN" -P 64 -c 1 -q
-  measure memcached_write "mc flush" mc write "$N" "$MEAN"
+  if has memcached; then measure memcached_write "mc flush" mc write "$N" "$MEAN"; fi
   echo "== tcache" >&2
   for b in redis memcached sled; do
+    has "$b" || continue
     case $b in
       redis) U=$R; FLUSH="redis-cli -p $RP FLUSHALL" ;;
       memcached) U=$M; FLUSH="mc flush" ;;
@@ -140,14 +148,16 @@ tar cf - "$DIR" | wc -c >/dev/null
     measure "deep_check_$b" warm_cache "$T" --backend "$U" check --deep "$DIR" -q
   done
   # moka lives in the process: only a cold warm means anything.
-  measure cold_warm_moka "rm -rf $WORK/state; warm_cache" "$T" --backend moka:// warm "$DIR" -q
+  if has moka; then
+    measure cold_warm_moka "rm -rf $WORK/state; warm_cache" "$T" --backend moka:// warm "$DIR" -q
+  fi
 } > "$RESULTS"
 
 # Writes of a no-change rescan, and a deep check after everything.
 echo "rescan_writes $("$T" --backend "$R" --json warm "$DIR" | python3 -c 'import json,sys; print(json.load(sys.stdin)["written"])')" >> "$RESULTS"
 echo "consistent $("$T" --backend "$R" --json check --deep "$DIR" | python3 -c 'import json,sys; print(json.load(sys.stdin)["consistent"])')" >> "$RESULTS"
 
-python3 - "$RESULTS" "$N" "$BYTES" "$RUNS" "$SHAPE" <<'PY'
+python3 - "$RESULTS" "$N" "$BYTES" "$RUNS" "$SHAPE" "$BACKENDS" <<'PY'
 import sys
 r = {}
 for line in open(sys.argv[1]):
@@ -158,9 +168,10 @@ for line in open(sys.argv[1]):
         r[k] = v
 n, size, runs, shape = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 rss_cap = 64 if n <= 100_000 else 256
-write = {"redis": r["redis_write"], "memcached": r["memcached_write"], "sled": 0.0}
+backends = sys.argv[6].split()
+write = {"redis": r["redis_write"], "memcached": r.get("memcached_write", 0.0), "sled": 0.0}
 rows = []  # (figure, seconds, baseline seconds, baseline, target ratio or None, rss key)
-for b in ["redis", "memcached", "sled"]:
+for b in [b for b in ["redis", "memcached", "sled"] if b in backends]:
     target = b == "redis"
     rows += [
         (f"cold warm ({b})", r[f"cold_warm_{b}"], r["read_all"] + write[b], "read all" + (f" + raw {b} write" if write[b] else ""), 1.0 if target else None, f"cold_warm_{b}"),
@@ -168,7 +179,8 @@ for b in ["redis", "memcached", "sled"]:
         (f"quick check ({b})", r[f"quick_check_{b}"], r["stat_walk"], "stat walk", 2.0 if target else None, f"quick_check_{b}"),
         (f"deep check ({b})", r[f"deep_check_{b}"], r["read_all"] + (r["redis_read"] if b == "redis" else 0.0), "read all" + (" + raw Redis read" if b == "redis" else ""), 1.2 if target else None, f"deep_check_{b}"),
     ]
-rows.append(("cold warm (moka)", r["cold_warm_moka"], r["read_all"], "read all", None, "cold_warm_moka"))
+if "moka" in backends:
+    rows.append(("cold warm (moka)", r["cold_warm_moka"], r["read_all"], "read all", None, "cold_warm_moka"))
 print(f"\n{n} templates ({shape} tree), {size / 1e6:.1f} MB, medians of {runs} runs\n")
 print("| figure | tcache (s) | µs per template | baseline (s) | baseline | ratio | target | peak RSS | met |")
 print("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | :---: |")
@@ -187,7 +199,7 @@ writes = int(r["rescan_writes"])
 ok &= writes == 0
 print(f"| template writes in the no-change rescan | {writes} | | | | | 0 | | {'yes' if writes == 0 else 'NO'} |")
 print(f"\nbaselines: stat walk {r['stat_walk']:.3f} s, read all {r['read_all']:.3f} s, "
-      f"raw Redis write {r['redis_write']:.3f} s, raw Redis read {r['redis_read']:.3f} s, raw Memcached write {r['memcached_write']:.3f} s; "
+      f"raw Redis write {r['redis_write']:.3f} s, raw Redis read {r['redis_read']:.3f} s, raw Memcached write {r.get('memcached_write', float('nan')):.3f} s; "
       f"deep check after the runs consistent: {r['consistent']}")
 sys.exit(0 if ok else 1)
 PY
