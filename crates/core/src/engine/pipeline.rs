@@ -548,9 +548,9 @@ impl Ctx {
     /// When the first mark fails nothing is written and the run fails; a later unit whose mark
     /// fails is reported as failed, unwritten. Batches not started when `cancel` fires are not
     /// written (those already marked are left pending).
-    pub async fn write_files<F: Files>(
+    pub async fn write_files<F: Files + ?Sized>(
         &self,
-        files: F,
+        files: &F,
         previous: &FastMap<String, IndexEntry>,
         cancel: &CancellationToken,
     ) -> Result<WriteOutcome> {

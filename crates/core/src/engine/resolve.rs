@@ -207,7 +207,7 @@ impl Checker {
         let files: Vec<SourceFile> = writes.iter().map(|(_, f)| f.clone()).collect();
         let outcome = self
             .ctx
-            .write_files(files, previous, &CancellationToken::new())
+            .write_files(files.as_slice(), previous, &CancellationToken::new())
             .await?;
         // Every template not reported failed was written.
         let failed: FastSet<&str> = outcome.failed.iter().map(|f| f.name.as_str()).collect();

@@ -208,7 +208,7 @@ impl Warmer {
         } else {
             self.server_stats("before writing").await
         };
-        let outcome = self.ctx.write_files(dirty, &previous, cancel).await?;
+        let outcome = self.ctx.write_files(&dirty, &previous, cancel).await?;
         report.written = outcome.written;
         report.failed.extend(outcome.failed);
         report.bytes_written = outcome.bytes;
@@ -358,7 +358,7 @@ impl Warmer {
         // trusted, whatever hash it carries.
         let outcome = self
             .ctx
-            .write_files(dirty, &FastMap::default(), cancel)
+            .write_files(dirty.as_slice(), &FastMap::default(), cancel)
             .await?;
         for f in &outcome.failed {
             source.forget(&f.name);
@@ -394,7 +394,7 @@ impl Warmer {
                 _ => None,
             })
             .collect();
-        let _ = self.ctx.hash_all(&files).await;
+        let _ = self.ctx.hash_all(files.as_slice()).await;
         Ok(self.ctx.source.files_hashed() - hashed_before)
     }
 

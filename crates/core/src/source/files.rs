@@ -314,21 +314,6 @@ impl Files for [SourceFile] {
     }
 }
 
-impl Files for Vec<SourceFile> {
-    fn count(&self) -> usize {
-        self.len()
-    }
-    fn name_at(&self, i: usize) -> &str {
-        &self[i].name
-    }
-    fn fingerprint_at(&self, i: usize) -> &Fingerprint {
-        &self[i].fingerprint
-    }
-    fn owned_at(&self, i: usize) -> SourceFile {
-        self[i].clone()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
